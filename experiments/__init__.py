@@ -1,0 +1,1 @@
+"""Example workloads bundled with wt-run."""

@@ -1,0 +1,92 @@
+"""Pinhole cameras: the rig around the scene, per-sample jitter, and projection.
+
+Conventions (OpenCV): camera x right, y down, z forward; pixel (col, row) has its centre
+at integer coordinates, so a point projecting to ``(u, v)`` lands on pixel
+``(round(u), round(v))``. World z points up. Extrinsics map world to camera:
+``X_cam = R @ X_world + t``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# The base rig: cameras spread in azimuth at two elevations, all looking at the origin.
+_BASE_AZIMUTH_DEG = (45.0, 135.0, 225.0, 315.0, 0.0, 90.0, 180.0, 270.0)
+_BASE_ELEVATION_DEG = (20.0, 35.0, 20.0, 35.0, 50.0, 10.0, 50.0, 10.0)
+DISTANCE = 4.0
+FOV_DEG = 50.0
+
+
+@dataclass(frozen=True)
+class CameraSet:
+    """Cameras of one or many samples: ``intrinsics (..., 3, 3)``, ``extrinsics (..., 3, 4)``."""
+
+    intrinsics: np.ndarray
+    extrinsics: np.ndarray
+
+
+def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """World-to-camera ``[R | t]`` (``(..., 3, 4)``) for cameras at ``eye (..., 3)``."""
+    forward = target - eye
+    forward = forward / np.linalg.norm(forward, axis=-1, keepdims=True)
+    right = np.cross(forward, up)
+    right = right / np.linalg.norm(right, axis=-1, keepdims=True)
+    down = np.cross(forward, right)
+    rot = np.stack([right, down, forward], axis=-2)
+    trans = -np.einsum("...ij,...j->...i", rot, eye)
+    return np.concatenate([rot, trans[..., None]], axis=-1)
+
+
+def intrinsics_matrix(focal: np.ndarray | float, size: int) -> np.ndarray:
+    """``(..., 3, 3)`` pinhole intrinsics with the principal point at the image centre."""
+    focal = np.asarray(focal, dtype=np.float64)
+    k = np.zeros((*focal.shape, 3, 3))
+    k[..., 0, 0] = focal
+    k[..., 1, 1] = focal
+    k[..., 0, 2] = k[..., 1, 2] = (size - 1) / 2.0
+    k[..., 2, 2] = 1.0
+    return k
+
+
+def base_focal(size: int) -> float:
+    return (size / 2.0) / np.tan(np.deg2rad(FOV_DEG) / 2.0)
+
+
+def sample_cameras(rng: np.random.Generator, cameras: int, size: int) -> CameraSet:
+    """``cameras`` jittered poses of the base rig (a few degrees, +-0.2 distance, 5% focal)."""
+    if not 1 <= cameras <= len(_BASE_AZIMUTH_DEG):
+        raise ValueError(f"cameras must be in 1..{len(_BASE_AZIMUTH_DEG)}, got {cameras}")
+    jitter = rng.uniform(-1.0, 1.0, size=(cameras, 4))
+    az = np.deg2rad(np.asarray(_BASE_AZIMUTH_DEG[:cameras]) + 5.0 * jitter[:, 0])
+    el = np.deg2rad(np.asarray(_BASE_ELEVATION_DEG[:cameras]) + 3.0 * jitter[:, 1])
+    dist = DISTANCE + 0.2 * jitter[:, 2]
+    eye = dist[:, None] * np.stack(
+        [np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], axis=-1
+    )
+    extrinsics = look_at(eye, np.zeros(3), np.array([0.0, 0.0, 1.0]))
+    intrinsics = intrinsics_matrix(base_focal(size) * (1.0 + 0.05 * jitter[:, 3]), size)
+    return CameraSet(intrinsics.astype(np.float32), extrinsics.astype(np.float32))
+
+
+def project(
+    points: np.ndarray, intrinsics: np.ndarray, extrinsics: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Project points ``(B, P, 3)`` into cameras ``(B, V, ...)``: ``u, v, depth`` each ``(B, V, P)``.
+
+    Written as explicit broadcast products instead of a matmul so each output element
+    is computed the same way whatever the batch size (BLAS blocking would not be).
+    """
+    x = points[:, None, :, 0]
+    y = points[:, None, :, 1]
+    z = points[:, None, :, 2]
+    e = extrinsics[..., None]  # (B, V, 3, 4, 1) broadcasts over points
+    cam = [e[:, :, r, 0] * x + e[:, :, r, 1] * y + e[:, :, r, 2] * z + e[:, :, r, 3]
+           for r in range(3)]
+    k = intrinsics[..., None]
+    depth = cam[2]
+    safe = np.where(depth > 1e-6, depth, np.float32(1e-6))
+    u = k[:, :, 0, 0] * cam[0] / safe + k[:, :, 0, 2]
+    v = k[:, :, 1, 1] * cam[1] / safe + k[:, :, 1, 2]
+    return u, v, depth

@@ -1,0 +1,1 @@
+"""Code every experiment branch shares: the extractor interface and the unified model."""

@@ -1,0 +1,1 @@
+"""Real test servers (OpenSSH sshd, single-node Slurm) started and stopped by the tests."""

@@ -1,0 +1,683 @@
+"""The library behind each CLI command: launch, generate, status, stop, logs, clean.
+
+Work is grouped per host and each host is handled in one round trip, hosts in parallel; one
+unreachable host never hides the others."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+from .config import BranchConfig, Config, HostConfig
+from .errors import HostUnreachable, WtRunError
+from .hosts import Host, open_host
+from .layout import HostLayout, host_layout
+from .runs import RunManifest, RunStore, WorkerRecord
+from .templates import render_command
+from .workers import (
+    HostHealth,
+    LaunchSpec,
+    Observation,
+    WorkerState,
+    eta_seconds,
+    log_script,
+    progress_fraction,
+    query_workers,
+    start_workers,
+    stop_workers,
+)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """A record joined with what status observed now."""
+
+    record: WorkerRecord
+    obs: Observation
+
+    @property
+    def state(self) -> WorkerState:
+        return self.obs.state
+
+    def to_json(self) -> dict[str, Any]:
+        r, o = self.record, self.obs
+        progress = dict(o.progress) if o.progress else None
+        if progress is not None:
+            progress["eta_s"] = eta_seconds(o)
+            progress["fraction"] = progress_fraction(o.progress)
+        return {
+            "name": r.name, "branch": r.branch, "commit": r.commit, "host": r.host,
+            "kind": r.kind, "state": o.state.value, "pid": o.pid if o.pid else r.pid,
+            "exit_code": o.exit_code, "signal": o.signal,
+            "started_at": _iso(o.started_at or r.started_at),
+            "ended_at": _iso(o.ended_at or r.ended_at),
+            "worktree": r.worktree, "log": r.log, "out": r.out, "attempt": r.attempt,
+            "command": r.command, "gpus": list(r.gpus), "job_id": r.job_id,
+            "scheduler_state": r.scheduler_state, "reason": o.reason,
+            "progress": progress,
+        }
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    run: str
+    workers: list[WorkerView]
+    hosts: list[HostHealth]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run": self.run, "workers": [w.to_json() for w in self.workers],
+                "hosts": [h.to_json() for h in self.hosts]}
+
+    @property
+    def done(self) -> bool:
+        return all(w.state.terminal for w in self.workers)
+
+    @property
+    def all_succeeded(self) -> bool:
+        return all(w.state == WorkerState.SUCCEEDED for w in self.workers)
+
+
+@dataclass(frozen=True)
+class HostOutcome:
+    host: str
+    started: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LaunchReport:
+    run: str
+    planned: list[WorkerRecord]
+    outcomes: list[HostOutcome]
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(o.error is None for o in self.outcomes)
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def parallel_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """Run fn over items in threads (one per host); results in order."""
+    if len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+# ---------------------------------------------------------------- placement
+
+def assign_hosts(config: Config, branches: Sequence[BranchConfig],
+                 hosts: Sequence[str]) -> dict[str, str]:
+    """name -> host. With --host options, branches are spread round-robin over them, filling
+    hosts by free capacity; otherwise each branch's own host or the default."""
+    for h in hosts:
+        config.host(h)
+    if not hosts:
+        return {b.name: b.host or config.default_host for b in branches}
+    if len(hosts) == 1:
+        return {b.name: hosts[0] for b in branches}
+    return {b.name: hosts[i % len(hosts)] for i, b in enumerate(branches)}
+
+
+def _busy_gpus(config: Config, store: RunStore, host: str, exclude_run: str,
+               exclude: set[str]) -> set[str]:
+    """GPUs held by live workers of any run on `host` (cached-terminal records skipped)."""
+    live: list[WorkerRecord] = []
+    for run in store.list_runs():
+        for rec in store.load(run).workers.values():
+            if rec.host != host or not rec.gpus or rec.state is not None:
+                continue
+            if run == exclude_run and rec.name in exclude:
+                continue
+            live.append(rec)
+    if not live:
+        return set()
+    _, observations = observe_host(config, host, live)
+    busy: set[str] = set()
+    for rec, obs in zip(live, observations):
+        if not obs.state.terminal:
+            busy.update(rec.gpus)
+    return busy
+
+
+def assign_gpus(config: Config, store: RunStore, host: str, names: Sequence[str],
+                run: str) -> dict[str, tuple[str, ...]]:
+    hc = config.host(host)
+    capacity = hc.capacity
+    if hc.type == "slurm" or capacity is None:
+        return {n: () for n in names}
+    busy = _busy_gpus(config, store, host, run, set(names)) if hc.gpus else set()
+    free = [g for g in hc.gpus if g not in busy] if hc.gpus else []
+    if hc.gpus:
+        if len(names) > len(free):
+            raise WtRunError(
+                f"host {host} has {len(free)} free GPU(s) of {len(hc.gpus)} "
+                f"({', '.join(hc.gpus)}), {len(names)} worker(s) need one each",
+                "stop running workers (`wt-run status` shows them), launch fewer branches, "
+                "or spread them with several --host options")
+        return {n: (free[i],) for i, n in enumerate(names)}
+    if len(names) > capacity:
+        raise WtRunError(f"host {host} has {capacity} slot(s), {len(names)} workers asked",
+                         "launch fewer branches or raise slots: in the config")
+    return {n: () for n in names}
+
+
+# ---------------------------------------------------------------- per-host backends
+
+def prepare_host_worktrees(config: Config, host: str, branches: Sequence[BranchConfig],
+                           force: bool, dry_run: bool) -> list[tuple[BranchConfig, str, str]]:
+    """Worktrees for branches on a host -> (branch, worktree path on host, commit)."""
+    hc = config.host(host)
+    if hc.type == "local":
+        from .worktrees import prepare_worktrees
+
+        prepared = prepare_worktrees(config, branches, force=force, dry_run=dry_run)
+        return [(b, str(p.path), p.commit) for b, p in zip(branches, prepared)]
+    from .sync import prepare_remote_worktrees
+
+    return prepare_remote_worktrees(config, host, branches, force=force, dry_run=dry_run)
+
+
+def resolve_layout(config: Config, host: Host, hc: HostConfig) -> HostLayout:
+    return host_layout(config, hc, host.root)
+
+
+def observe_host(config: Config, host_name: str, records: Sequence[WorkerRecord],
+                 timeout: float | None = None) -> tuple[HostHealth, list[Observation]]:
+    """One round trip to a host: its health and every record's observation. An unreachable
+    host yields `unknown` for each of its workers, with the reason."""
+    hc = config.host(host_name)
+    try:
+        if hc.type == "slurm":
+            from .slurm import observe_slurm
+
+            return observe_slurm(config, hc, records)
+        with open_host(config, host_name) as host:
+            return query_workers(host, [r.worker_dir for r in records],
+                                 timeout=timeout or hc.command_timeout)
+    except HostUnreachable as exc:
+        obs = Observation(WorkerState.UNKNOWN, reason=exc.reason)
+        return HostHealth(host_name, False, exc.reason), [obs] * len(records)
+
+
+# ---------------------------------------------------------------- launch
+
+def launch(config: Config, names: Sequence[str], *, hosts: Sequence[str] = (),
+           run: str | None = None, force: bool = False, dry_run: bool = False,
+           kind: str = "train") -> LaunchReport:
+    if not names:
+        raise WtRunError("no branches given", "pass --branches NAME... (names under branches:)")
+    dupes = sorted({n for n in names if list(names).count(n) > 1})
+    if dupes:
+        raise WtRunError(f"branch '{dupes[0]}' given twice", "name each branch once")
+    branches = [config.branch(n) for n in names]
+    placement = assign_hosts(config, branches, hosts)
+    store = RunStore(config.state_dir)
+    with store.locked():
+        run_id = store.resolve(run) if run else store.new_run_id()
+        if run and store.exists(run_id):
+            manifest = store.load(run_id)
+        else:
+            manifest = RunManifest(run_id, time.time(), str(config.path))
+        _refuse_live(config, store, manifest, names, force, dry_run)
+        by_host: dict[str, list[BranchConfig]] = {}
+        for b in branches:
+            by_host.setdefault(placement[b.name], []).append(b)
+
+        def plan(host_name: str) -> list[WorkerRecord]:
+            return _plan_host(config, store, manifest, host_name, by_host[host_name], force,
+                              dry_run)
+
+        host_names = list(by_host)
+        planned_per_host: list[list[WorkerRecord] | WtRunError] = []
+        for h in host_names:
+            try:
+                planned_per_host.append(plan(h))
+            except WtRunError as exc:
+                if len(host_names) == 1:
+                    raise
+                planned_per_host.append(exc)
+        planned = [r for p in planned_per_host if isinstance(p, list) for r in p]
+        if dry_run:
+            outcomes = [HostOutcome(h, [], str(p) if isinstance(p, WtRunError) else None)
+                        for h, p in zip(host_names, planned_per_host)]
+            return LaunchReport(run_id, planned, outcomes, dry_run=True)
+
+        def start(item: tuple[str, list[WorkerRecord] | WtRunError]
+                  ) -> tuple[HostOutcome, list[WorkerRecord]]:
+            host_name, recs = item
+            if isinstance(recs, WtRunError):
+                return HostOutcome(host_name, error=str(recs)), []
+            try:
+                return _start_host(config, host_name, recs)
+            except WtRunError as exc:
+                return HostOutcome(host_name, error=str(exc)), []
+
+        results = parallel_map(start, list(zip(host_names, planned_per_host)))
+        for _, recs in results:
+            for rec in recs:
+                manifest = manifest.with_worker(rec)
+        store.save(manifest)
+    return LaunchReport(run_id, planned, [o for o, _ in results])
+
+
+def _refuse_live(config: Config, store: RunStore, manifest: RunManifest, names: Sequence[str],
+                 force: bool, dry_run: bool) -> None:
+    existing = [manifest.workers[n] for n in names if n in manifest.workers]
+    if not existing:
+        return
+    live: list[WorkerRecord] = []
+    by_host: dict[str, list[WorkerRecord]] = {}
+    for rec in existing:
+        if rec.state is None:
+            by_host.setdefault(rec.host, []).append(rec)
+    for host_name, recs in by_host.items():
+        _, observations = observe_host(config, host_name, recs)
+        live += [r for r, o in zip(recs, observations) if not o.state.terminal]
+    if not live:
+        return
+    if not force:
+        rec = live[0]
+        raise WtRunError(
+            f"worker '{rec.name}' of run {manifest.run} is still running (or pending/unknown)",
+            f"stop it with `wt-run stop {rec.name} --run {manifest.run}`, "
+            "or pass --force to stop and relaunch it")
+    if not dry_run:
+        stop(config, [r.name for r in live], run=manifest.run, _store=store, _locked=True)
+
+
+def _plan_host(config: Config, store: RunStore, manifest: RunManifest, host_name: str,
+               branches: Sequence[BranchConfig], force: bool, dry_run: bool
+               ) -> list[WorkerRecord]:
+    hc = config.host(host_name)
+    names = [b.name for b in branches]
+    gpus = assign_gpus(config, store, host_name, names, manifest.run)
+    prepared = prepare_host_worktrees(config, host_name, branches, force, dry_run)
+    layout = host_layout(config, hc, _remote_root(config, host_name))
+    records = []
+    for b, worktree, commit in prepared:
+        worker_dir = layout.worker_dir(manifest.run, b.name)
+        values = {**b.vars, "name": b.name, "branch": b.branch, "out": f"{worker_dir}/out",
+                  "data": layout.data, "run": manifest.run, "worktree": worktree,
+                  "host": host_name}
+        command = render_command(config.commands[b.command], values,
+                                 f"commands.{b.command}")
+        previous = manifest.workers.get(b.name)
+        records.append(WorkerRecord(
+            name=b.name, branch=b.branch, commit=commit, host=host_name, kind=b.command,
+            command=command, worktree=worktree, worker_dir=worker_dir,
+            attempt=previous.attempt + 1 if previous else 1, gpus=gpus[b.name]))
+    return records
+
+
+def _remote_root(config: Config, host_name: str) -> str | None:
+    hc = config.host(host_name)
+    if hc.type == "local":
+        return None
+    from .sync import resolved_root
+
+    return resolved_root(config, host_name)
+
+
+def worker_env(config: Config, rec: WorkerRecord, data: str) -> dict[str, str]:
+    hc = config.host(rec.host)
+    b = config.branches.get(rec.name)
+    env = {**config.env, **hc.env, **(b.env if b else {})}
+    env.update({"WT_RUN_OUT": rec.out, "WT_RUN_NAME": rec.name, "WT_RUN_BRANCH": rec.branch,
+                "WT_RUN_RUN": rec.worker_dir.rsplit("/", 3)[-3], "WT_RUN_DATA": data,
+                "WT_RUN_COMMIT": rec.commit})
+    if rec.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(rec.gpus)
+    return env
+
+
+def _start_host(config: Config, host_name: str, records: Sequence[WorkerRecord]
+                ) -> tuple[HostOutcome, list[WorkerRecord]]:
+    hc = config.host(host_name)
+    now = time.time()
+    if hc.type == "slurm":
+        from .slurm import submit_slurm
+
+        submitted = submit_slurm(config, hc, records)
+        return HostOutcome(host_name, [r.name for r in submitted]), list(submitted)
+    with open_host(config, host_name) as host:
+        layout = host_layout(config, hc, host.root if hc.type != "local" else None)
+        specs = [LaunchSpec(r.name, r.worker_dir, r.worktree, r.command,
+                            worker_env(config, r, layout.data)) for r in records]
+        started = start_workers(host, specs)
+    done = [replace(r, launched_at=now, state=None, exit_code=None, signal=None,
+                    pid=None, ended_at=None, started_at=None)
+            for r in records if isinstance(started.get(r.name), int)]
+    errors = [f"{n}: {v}" for n, v in started.items() if not isinstance(v, int)]
+    return HostOutcome(host_name, [r.name for r in done],
+                       "; ".join(errors) if errors else None), done
+
+
+# ---------------------------------------------------------------- generate
+
+def generate(config: Config, *, host: str | None = None, run: str | None = None,
+             extra_args: Sequence[str] = (), force: bool = False,
+             dry_run: bool = False) -> LaunchReport:
+    """Start dataset generation as a tracked worker named `generate` (no worktree: it runs in
+    the repository itself and writes into the shared data path)."""
+    if "generate" not in config.commands:
+        raise WtRunError(f"no commands.generate in {config.path}",
+                         "add e.g. `generate: python -m my.generate --out {data}` under commands:")
+    import shlex
+
+    host_name = host or config.default_host
+    hc = config.host(host_name)
+    template = config.commands["generate"]
+    if extra_args:
+        template = template + " " + " ".join(shlex.quote(a).replace("{", "{{").replace(
+            "}", "}}") for a in extra_args)
+    gen = BranchConfig(name="generate", branch="", command="generate")
+    store = RunStore(config.state_dir)
+    with store.locked():
+        run_id = store.resolve(run) if run else store.new_run_id()
+        manifest = (store.load(run_id) if run and store.exists(run_id)
+                    else RunManifest(run_id, time.time(), str(config.path)))
+        _refuse_live(config, store, manifest, ["generate"], force, dry_run)
+        if hc.type == "local":
+            repo_path, commit, branch = _local_head(config)
+        else:
+            from .sync import prepare_remote_repo
+
+            repo_path, commit, branch = prepare_remote_repo(config, host_name, dry_run=dry_run)
+        layout = host_layout(config, hc, _remote_root(config, host_name))
+        worker_dir = layout.worker_dir(run_id, "generate")
+        values = {"name": "generate", "branch": branch, "out": f"{worker_dir}/out",
+                  "data": layout.data, "run": run_id, "worktree": repo_path, "host": host_name}
+        command = render_command(template, values, "commands.generate")
+        previous = manifest.workers.get("generate")
+        rec = WorkerRecord(name="generate", branch=branch, commit=commit, host=host_name,
+                           kind="generate", command=command, worktree=repo_path,
+                           worker_dir=worker_dir,
+                           attempt=previous.attempt + 1 if previous else 1)
+        del gen
+        if dry_run:
+            return LaunchReport(run_id, [rec], [HostOutcome(host_name)], dry_run=True)
+        if hc.type == "local":
+            Path(layout.data).mkdir(parents=True, exist_ok=True)
+        try:
+            outcome, done = _start_host(config, host_name, [rec])
+        except WtRunError as exc:
+            outcome, done = HostOutcome(host_name, error=str(exc)), []
+        for r in done:
+            manifest = manifest.with_worker(r)
+        store.save(manifest)
+    return LaunchReport(run_id, [rec], [outcome])
+
+
+def _local_head(config: Config) -> tuple[str, str, str]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(config.repo), *args], capture_output=True,
+                              text=True, check=False).stdout.strip()
+
+    return str(config.repo), git("rev-parse", "HEAD"), git("branch", "--show-current")
+
+
+# ---------------------------------------------------------------- status
+
+def status(config: Config, run: str | None = None, *, store: RunStore | None = None
+           ) -> StatusReport:
+    store = store or RunStore(config.state_dir)
+    run_id = store.resolve(run)
+    manifest = store.load(run_id)
+    return _observe_manifest(config, store, manifest)
+
+
+def _observe_manifest(config: Config, store: RunStore, manifest: RunManifest) -> StatusReport:
+    records = list(manifest.workers.values())
+    by_host: dict[str, list[WorkerRecord]] = {}
+    for rec in records:
+        by_host.setdefault(rec.host, []).append(rec)
+    host_names = list(by_host)
+    results = parallel_map(lambda h: observe_host(config, h, by_host[h]), host_names)
+    observed: dict[str, Observation] = {}
+    healths: list[HostHealth] = []
+    for h, (health, observations) in zip(host_names, results):
+        healths.append(health)
+        for rec, obs in zip(by_host[h], observations):
+            observed[rec.name] = obs
+    views: list[WorkerView] = []
+    changed: list[WorkerRecord] = []
+    for rec in records:
+        obs = observed[rec.name]
+        if rec.state is not None:
+            # A terminal state never goes back: keep what was recorded.
+            cached = Observation(WorkerState(rec.state), rec.pid, rec.exit_code, rec.signal,
+                                 rec.started_at, rec.ended_at,
+                                 obs.progress if obs.state != WorkerState.UNKNOWN else None,
+                                 obs.host_time, rec.reason)
+            views.append(WorkerView(rec, cached))
+            continue
+        views.append(WorkerView(rec, obs))
+        if obs.state.terminal:
+            changed.append(replace(rec, state=obs.state.value, exit_code=obs.exit_code,
+                                   signal=obs.signal, pid=obs.pid, started_at=obs.started_at,
+                                   ended_at=obs.ended_at, reason=obs.reason))
+    if changed:
+        store.update(manifest.run, *changed)
+    return StatusReport(manifest.run, views, healths)
+
+
+def wait(config: Config, run: str, on_update: Callable[[StatusReport], None] | None = None,
+         interval: float = 1.0) -> StatusReport:
+    """Poll until every worker is in a terminal state."""
+    while True:
+        report = status(config, run)
+        if on_update:
+            on_update(report)
+        if report.done:
+            return report
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------- stop
+
+@dataclass(frozen=True)
+class StopOutcome:
+    name: str
+    host: str
+    result: str  # signalled | done | marked | mismatch | unknown: <why>
+
+
+def stop(config: Config, names: Sequence[str], *, run: str | None = None, all_: bool = False,
+         _store: RunStore | None = None, _locked: bool = False) -> list[StopOutcome]:
+    store = _store or RunStore(config.state_dir)
+    run_id = store.resolve(run)
+    manifest = store.load(run_id)
+    if all_:
+        targets = list(manifest.workers.values())
+    else:
+        unknown = [n for n in names if n not in manifest.workers]
+        if unknown:
+            raise WtRunError(f"run {run_id} has no worker '{unknown[0]}'",
+                             f"pick one of: {', '.join(manifest.workers) or '(none)'}")
+        targets = [manifest.workers[n] for n in names]
+    by_host: dict[str, list[WorkerRecord]] = {}
+    for rec in targets:
+        if rec.state is None:
+            by_host.setdefault(rec.host, []).append(rec)
+    outcomes = [StopOutcome(r.name, r.host, "done") for r in targets if r.state is not None]
+
+    def stop_host(host_name: str) -> list[StopOutcome]:
+        recs = by_host[host_name]
+        hc = config.host(host_name)
+        try:
+            if hc.type == "slurm":
+                from .slurm import cancel_slurm
+
+                results = cancel_slurm(config, hc, recs)
+            else:
+                with open_host(config, host_name) as host:
+                    results = stop_workers(host, [r.worker_dir for r in recs],
+                                           config.stop_grace)
+        except HostUnreachable as exc:
+            results = [f"unknown: {exc.reason}"] * len(recs)
+        return [StopOutcome(r.name, host_name, res) for r, res in zip(recs, results)]
+
+    for chunk in parallel_map(stop_host, list(by_host)):
+        outcomes += chunk
+    return outcomes
+
+
+# ---------------------------------------------------------------- logs
+
+def logs(config: Config, name: str, *, run: str | None = None, follow: bool = False,
+         lines: int = 50, out: TextIO = sys.stdout) -> int:
+    store = RunStore(config.state_dir)
+    run_id = store.resolve(run)
+    manifest = store.load(run_id)
+    if name not in manifest.workers:
+        raise WtRunError(f"run {run_id} has no worker '{name}'",
+                         f"pick one of: {', '.join(manifest.workers) or '(none)'}")
+    rec = manifest.workers[name]
+    hc = config.host(rec.host)
+    if hc.type == "slurm":
+        from .slurm import slurm_log_path
+
+        path = slurm_log_path(rec)
+    else:
+        path = rec.log
+    with open_host(config, rec.host) as host:
+        if not follow:
+            result = host.run_script(log_script(path, lines, False))
+            if result.exit_code == 3:
+                raise WtRunError(f"worker '{name}' has no log yet at {path}",
+                                 "wait for it to start (`wt-run status`)")
+            out.write(result.check().stdout)
+            return 0
+        return host.stream_script(log_script(path, lines, True), out)
+
+
+# ---------------------------------------------------------------- clean
+
+@dataclass(frozen=True)
+class CleanAction:
+    what: str
+    target: str
+    done: bool
+    note: str = ""
+
+
+def clean_worktrees(config: Config, *, dry_run: bool = False, force: bool = False,
+                    delete_branches: bool = False) -> list[CleanAction]:
+    """Remove wt-run's local worktrees (not those with live workers) and prune stale entries;
+    optionally delete their branches when merged (or when forced)."""
+    from .worktrees import delete_branch, plan_removal, prune_worktrees, remove_worktree
+
+    store = RunStore(config.state_dir)
+    busy = _live_names(config, store, "local")
+    actions: list[CleanAction] = []
+    for plan in plan_removal(config, busy):
+        if plan.reason.startswith("skip:") and not (force and "uncommitted" in plan.reason):
+            actions.append(CleanAction("keep worktree", str(plan.path), False, plan.reason[5:]))
+            continue
+        if not dry_run:
+            remove_worktree(config, plan.path, force)
+        actions.append(CleanAction("remove worktree", str(plan.path), not dry_run))
+        if delete_branches and plan.branch:
+            why = None if dry_run else delete_branch(config, plan.branch, force)
+            actions.append(CleanAction("delete branch", plan.branch, not dry_run and why is None,
+                                       why or ""))
+    if not dry_run:
+        prune_worktrees(config)
+    actions.append(CleanAction("prune stale worktree entries", str(config.repo), not dry_run))
+    return actions
+
+
+def _live_names(config: Config, store: RunStore, host: str) -> set[str]:
+    live: set[str] = set()
+    for run in store.list_runs():
+        recs = [r for r in store.load(run).workers.values()
+                if r.host == host and r.state is None]
+        if recs:
+            _, observations = observe_host(config, host, recs)
+            live.update(r.name for r, o in zip(recs, observations) if not o.state.terminal)
+    return live
+
+
+def clean_run(config: Config, run: str, *, dry_run: bool = False, force: bool = False
+              ) -> list[CleanAction]:
+    """Delete a run's records and its worker directories on every host. Refuses while a worker
+    runs, and (without force) before the run has been collected."""
+    store = RunStore(config.state_dir)
+    run_id = store.resolve(run)
+    report = status(config, run_id, store=store)
+    live = [w.record.name for w in report.workers if not w.state.terminal]
+    if live:
+        raise WtRunError(f"run {run_id} still has live or unreachable workers: "
+                         f"{', '.join(live)}",
+                         f"stop them first: `wt-run stop --all --run {run_id}`")
+    uncollected = [w.record.name for w in report.workers if w.record.collected_at is None]
+    if uncollected and not force:
+        raise WtRunError(f"run {run_id} has results not collected yet ({', '.join(uncollected)})",
+                         f"run `wt-run collect --run {run_id}` first, or pass --force")
+    actions: list[CleanAction] = []
+    by_host: dict[str, list[WorkerRecord]] = {}
+    for w in report.workers:
+        by_host.setdefault(w.record.host, []).append(w.record)
+    for host_name, recs in by_host.items():
+        dirs = sorted({r.worker_dir.rsplit("/workers/", 1)[0] for r in recs})
+        for d in dirs:
+            actions.append(CleanAction("remove run files", f"{host_name}:{d}", not dry_run))
+        if dry_run or host_name == "local":
+            continue
+        with open_host(config, host_name) as host:
+            import shlex
+
+            host.run_script("".join(f"rm -rf -- {shlex.quote(d)}\n" for d in dirs)).check()
+    local_dir = store.run_dir(run_id)
+    if not any(a.target == f"local:{local_dir}" for a in actions):
+        actions.append(CleanAction("remove run files", f"local:{local_dir}", not dry_run))
+    if not dry_run:
+        import shutil
+
+        with store.locked():
+            shutil.rmtree(local_dir, ignore_errors=True)
+            latest = store.runs_dir / "latest"
+            if latest.exists() and latest.read_text().strip() == run_id:
+                latest.unlink()
+    return actions
+
+
+# ---------------------------------------------------------------- misc
+
+def runs_overview(config: Config) -> list[RunManifest]:
+    store = RunStore(config.state_dir)
+    return [store.load(r) for r in store.list_runs()]
+
+
+def env_for_display(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: ("***" if _secretish(k) else v) for k, v in env.items()}
+
+
+def _secretish(key: str) -> bool:
+    k = key.upper()
+    return any(s in k for s in ("TOKEN", "SECRET", "PASSWORD", "KEY", "CREDENTIAL"))
+
+
+def names_in(records: Iterable[WorkerRecord]) -> list[str]:
+    return [r.name for r in records]
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1

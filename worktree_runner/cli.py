@@ -1,0 +1,320 @@
+"""The `wt-run` command line: parse, call one library function, format. Nothing else.
+
+Heavy modules (rich, Fabric, torch, matplotlib) are imported inside the commands that need
+them, so `wt-run --help` and `wt-run status` start fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import WtRunError
+
+
+@dataclass
+class AppState:
+    config_path: str | None
+    _config: Any = field(default=None)
+
+    @property
+    def config(self) -> Any:
+        if self._config is None:
+            from .config import load_config
+
+            self._config = load_config(self.config_path)
+        return self._config
+
+
+pass_state = click.make_pass_decorator(AppState)
+
+
+class WtRunGroup(click.Group):
+    """Turns library errors into `Error: <what> — <fix>` and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except WtRunError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+run_option = click.option("--run", "run", metavar="ID",
+                          help="Run id (default: the newest run).")
+dry_run_option = click.option("--dry-run", is_flag=True,
+                              help="Print what would be done and change nothing.")
+
+
+@click.group(cls=WtRunGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="PATH", type=click.Path(dir_okay=False),
+              help="Config file (default: wt-run.yaml, then configs/wt-run.yaml, at the "
+                   "repository root).")
+@click.version_option(package_name="wt-run")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """Run experiment variants in parallel, one git worktree and one detached worker per
+    branch, on this machine, on SSH hosts or on Slurm; then collect and compare results.
+
+    \b
+    Typical session:
+      wt-run init
+      wt-run generate --wait
+      wt-run launch --branches i3d slowfast transformer magvit
+      wt-run status --watch
+      wt-run collect && wt-run compare
+    """
+    ctx.obj = AppState(config_path)
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.option("--path", "target", type=click.Path(dir_okay=False), default="wt-run.yaml",
+              show_default=True, help="Where to write the starter config.")
+def init(force: bool, target: str) -> None:
+    """Write a commented starter wt-run.yaml."""
+    from .starter import write_starter
+
+    path = write_starter(Path(target), force=force)
+    click.echo(f"wrote {path}: edit branches: and commands:, then `wt-run launch --branches ...`")
+
+
+@cli.command()
+@click.option("--host", "host", metavar="H", required=True, help="Host name from hosts:.")
+@dry_run_option
+@pass_state
+def setup(state: AppState, host: str, dry_run: bool) -> None:
+    """Prepare a host: directories, repository, virtualenv, shared paths (idempotent)."""
+    from .sync import setup_host
+
+    for line in setup_host(state.config, host, dry_run=dry_run):
+        click.echo(line)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--host", "host", metavar="H", help="Host to generate on (default: default_host).")
+@run_option
+@click.option("--wait", is_flag=True, help="Block until generation ends; exit 1 if it failed.")
+@click.option("--force", is_flag=True, help="Stop and restart a generation still running.")
+@dry_run_option
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+@pass_state
+def generate(state: AppState, host: str | None, run: str | None, wait: bool, force: bool,
+             dry_run: bool, extra: tuple[str, ...]) -> None:
+    """Start dataset generation (commands.generate) as a tracked worker named `generate`.
+
+    Arguments after `--` are appended to the command, e.g.
+    `wt-run generate -- --samples 2000`."""
+    from . import api
+
+    report = api.generate(state.config, host=host, run=run, extra_args=extra, force=force,
+                          dry_run=dry_run)
+    _finish_launch(state, report, wait)
+
+
+@cli.command()
+@click.option("--branches", "-b", "branches", multiple=True, required=True, metavar="NAME",
+              help="Names under branches: (repeat, or list several after one --branches).")
+@click.option("--host", "hosts", multiple=True, metavar="H",
+              help="Host(s) to run on; several spread the branches across them.")
+@run_option
+@click.option("--wait", is_flag=True,
+              help="Block with a live view until all workers end; exit 1 if any did not "
+                   "succeed.")
+@click.option("--force", is_flag=True,
+              help="Relaunch workers that are still running (stops them first) and allow "
+                   "dirty worktrees.")
+@dry_run_option
+@click.argument("more", nargs=-1, metavar="[NAME]...")
+@pass_state
+def launch(state: AppState, branches: tuple[str, ...], hosts: tuple[str, ...], run: str | None,
+           wait: bool, force: bool, dry_run: bool, more: tuple[str, ...]) -> None:
+    """Create a worktree per branch and start one detached worker in each.
+
+    \b
+    wt-run launch --branches i3d slowfast transformer magvit
+    wt-run launch --branches slowfast --run 20260125-194400   # rerun one variant
+    wt-run launch --branches a b c d --host gpu1 --host gpu2  # spread over hosts
+    """
+    from . import api
+
+    report = api.launch(state.config, [*branches, *more], hosts=hosts, run=run, force=force,
+                        dry_run=dry_run)
+    _finish_launch(state, report, wait)
+
+
+def _finish_launch(state: AppState, report: Any, wait: bool) -> None:
+    from .display import print_launch
+
+    print_launch(report)
+    if report.dry_run:
+        return
+    if not report.ok:
+        sys.exit(1)
+    if wait:
+        final = _live_status(state, report.run, until_done=True)
+        if not final.all_succeeded:
+            bad = [f"{w.record.name} {w.state.value}" for w in final.workers
+                   if w.state.value != "succeeded"]
+            raise click.ClickException(
+                f"not all workers succeeded ({', '.join(bad)}); "
+                f"see `wt-run logs NAME --run {report.run}`")
+
+
+def _live_status(state: AppState, run: str | None, until_done: bool, interval: float = 2.0
+                 ) -> Any:
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from . import api
+    from .display import status_renderable
+
+    console = Console()
+    report = api.status(state.config, run)
+    if not console.is_terminal:
+        # Logs and CI: print a table only when something changed.
+        last = None
+        while True:
+            key = [(w.record.name, w.state.value) for w in report.workers]
+            if key != last:
+                console.print(status_renderable(report))
+                last = key
+            if until_done and report.done:
+                return report
+            time.sleep(interval)
+            report = api.status(state.config, report.run)
+    with Live(status_renderable(report), console=console, refresh_per_second=4) as live:
+        while not (until_done and report.done):
+            time.sleep(interval)
+            report = api.status(state.config, report.run)
+            live.update(status_renderable(report))
+    return report
+
+
+@cli.command()
+@run_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (stable schema).")
+@click.option("--watch", is_flag=True, help="Refresh the table every 2 s until Ctrl-C.")
+@pass_state
+def status(state: AppState, run: str | None, as_json: bool, watch: bool) -> None:
+    """Show every worker of a run: state, pid, runtime, progress and ETA; hosts on top."""
+    from . import api
+
+    if watch:
+        _live_status(state, run, until_done=False)
+        return
+    report = api.status(state.config, run)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+        return
+    from .display import print_status
+
+    print_status(report)
+
+
+@cli.command()
+@click.argument("name")
+@run_option
+@click.option("-f", "--follow", is_flag=True, help="Keep printing as the log grows.")
+@click.option("-n", "lines", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Number of last lines to show.")
+@pass_state
+def logs(state: AppState, name: str, run: str | None, follow: bool, lines: int) -> None:
+    """Print (or follow) a worker's log, wherever it runs."""
+    from . import api
+
+    sys.exit(api.logs(state.config, name, run=run, follow=follow, lines=lines))
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Stop every worker of the run.")
+@run_option
+@pass_state
+def stop(state: AppState, names: tuple[str, ...], all_: bool, run: str | None) -> None:
+    """Stop workers: TERM to the whole process group, KILL after stop_grace seconds.
+
+    A worker whose pid now belongs to another process is never signalled."""
+    if not names and not all_:
+        raise click.UsageError("name the workers to stop, or pass --all")
+    from . import api
+    from .display import print_stop
+
+    print_stop(api.stop(state.config, names, run=run, all_=all_))
+
+
+@cli.command()
+@run_option
+@click.option("--dest", type=click.Path(file_okay=False), default=None,
+              help="Destination root (default: results/ in the repository).")
+@pass_state
+def collect(state: AppState, run: str | None, dest: str | None) -> None:
+    """Copy each worker's outputs, log and metadata into results/<run>/<name>/."""
+    from .collect import collect_command
+
+    sys.exit(collect_command(state.config, run=run, dest=Path(dest) if dest else None))
+
+
+@cli.command()
+@run_option
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="Directory for the report files (default: results/<run>/report).")
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json", "html"]),
+              default="table", show_default=True, help="Output format.")
+@click.option("--baseline", metavar="NAME", help="Show deltas against this branch.")
+@pass_state
+def compare(state: AppState, run: str | None, out: str | None, fmt: str,
+            baseline: str | None) -> None:
+    """Compare the branches of a run: metrics table, plots and an HTML report."""
+    from .compare import compare_command
+
+    sys.exit(compare_command(state.config, run=run, out=Path(out) if out else None, fmt=fmt,
+                             baseline=baseline))
+
+
+@cli.command()
+@run_option
+@click.option("--worktrees", is_flag=True,
+              help="Remove wt-run's worktrees (not ones with live workers) and prune stale "
+                   "entries.")
+@click.option("--delete-branches", is_flag=True,
+              help="With --worktrees: also delete their branches if merged (all with --force).")
+@click.option("--force", is_flag=True,
+              help="Remove dirty worktrees / uncollected runs / unmerged branches too.")
+@dry_run_option
+@pass_state
+def clean(state: AppState, run: str | None, worktrees: bool, delete_branches: bool, force: bool,
+          dry_run: bool) -> None:
+    """Remove a run's files (--run ID) and/or wt-run's worktrees (--worktrees).
+
+    Nothing that is still running is touched; results not yet collected are kept unless
+    --force."""
+    if not worktrees and run is None:
+        raise click.UsageError("say what to clean: --run ID and/or --worktrees")
+    from . import api
+
+    actions = []
+    if run is not None:
+        actions += api.clean_run(state.config, run, dry_run=dry_run, force=force)
+    if worktrees:
+        actions += api.clean_worktrees(state.config, dry_run=dry_run, force=force,
+                                       delete_branches=delete_branches)
+    for a in actions:
+        verb = f"Would {a.what}" if dry_run else (a.what if a.done else f"kept ({a.what})")
+        click.echo(f"{verb}: {a.target}" + (f" — {a.note}" if a.note else ""))
+
+
+def main() -> None:
+    cli(prog_name="wt-run")
+
+
+if __name__ == "__main__":
+    main()

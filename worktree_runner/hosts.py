@@ -1,0 +1,127 @@
+"""Hosts: where worktrees live and workers run. Worktree, worker and collect logic is written
+once as POSIX shell scripts run through `Host.run_script`; local and remote hosts differ only
+in how a script reaches a shell and how files move."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from .errors import CommandFailed, HostUnreachable
+
+if TYPE_CHECKING:
+    from .config import Config, HostConfig
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    host: str
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def check(self) -> CommandResult:
+        if self.exit_code != 0:
+            raise CommandFailed(self.host, self.command, self.exit_code, self.stderr)
+        return self
+
+
+class Host(ABC):
+    """A machine that runs shell scripts. `root` is wt-run's directory on it (runs, repo,
+    worktrees for remote hosts)."""
+
+    name: str
+    root: str
+
+    @abstractmethod
+    def run_script(self, script: str, *, timeout: float | None = None) -> CommandResult:
+        """Run a POSIX sh script (sent on stdin, never on a command line) and return its
+        result whatever the exit code; raise HostUnreachable when the host cannot be reached."""
+
+    @abstractmethod
+    def stream_script(self, script: str, out: TextIO) -> int:
+        """Run a script, copying its stdout to `out` as it comes (for `logs -f`)."""
+
+    @abstractmethod
+    def put(self, local: Path, remote: str) -> None:
+        """Copy a local file to a path on the host."""
+
+    @abstractmethod
+    def get(self, remote: str, local: Path) -> None:
+        """Copy a file on the host to a local path."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    def worker_dir(self, run: str, name: str) -> str:
+        return f"{self.root}/runs/{run}/workers/{name}"
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LocalHost(Host):
+    """This machine. Its root is the repository's `.wt-run` directory."""
+
+    def __init__(self, name: str, root: Path) -> None:
+        self.name = name
+        self.root = str(root)
+
+    def run_script(self, script: str, *, timeout: float | None = None) -> CommandResult:
+        try:
+            proc = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True,
+                                  timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise HostUnreachable(self.name, f"local command timed out after {timeout} s",
+                                  "check the machine's load and retry") from None
+        return CommandResult(self.name, script, proc.returncode, proc.stdout, proc.stderr)
+
+    def stream_script(self, script: str, out: TextIO) -> int:
+        proc = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True,
+                                stdin=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                out.write(line)
+                out.flush()
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait()
+            return 130
+
+    def put(self, local: Path, remote: str) -> None:
+        Path(remote).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, remote)
+
+    def get(self, remote: str, local: Path) -> None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(remote, local)
+
+
+def open_host(config: Config, name: str) -> Host:
+    """A connected-on-demand Host for the named config entry (Fabric is imported lazily)."""
+    hc: HostConfig = config.host(name)
+    if hc.type == "local":
+        return LocalHost(name, config.state_dir)
+    if hc.type == "ssh":
+        from .ssh import SSHHost
+
+        return SSHHost(hc)
+    if hc.type == "slurm":
+        from .slurm import open_slurm_host
+
+        return open_slurm_host(config, hc)
+    raise AssertionError(hc.type)

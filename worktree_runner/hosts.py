@@ -117,9 +117,10 @@ def open_host(config: Config, name: str) -> Host:
     if hc.type == "local":
         return LocalHost(name, config.state_dir)
     if hc.type == "ssh":
-        from .ssh import SSHHost
+        from .ssh import shared_ssh_host
 
-        return SSHHost(hc)
+        # One connection per host per process: every step of a command shares it.
+        return shared_ssh_host(hc)
     if hc.type == "slurm":
         from .slurm import open_slurm_host
 

@@ -347,31 +347,32 @@ def query_workers(host: Host, worker_dirs: Sequence[str], timeout: float | None 
 _STOP_FN = r"""
 wt_stop() {
   d=$1
-  if [ -f "$d/exit" ]; then echo "done $2"; return 0; fi
+  i=$2
+  if [ -f "$d/exit" ]; then echo "done $i"; return 0; fi
   : > "$d/stop"
-  if [ ! -f "$d/pid" ]; then echo "marked $2"; return 0; fi
+  if [ ! -f "$d/pid" ]; then echo "marked $i"; return 0; fi
   read -r p start boot rest < "$d/pid"
   read -r nb < /proc/sys/kernel/random/boot_id
   cur=
   if { read -r st < "/proc/$p/stat"; } 2>/dev/null; then
     set -- ${st##*) }; shift 19; cur=$1
   fi
-  if [ "$boot" != "$nb" ] || [ "$cur" != "$start" ]; then echo "mismatch $2"; return 0; fi
-  kill -TERM -- "-$p" 2>/dev/null
-  echo "signalled $2"
+  if [ "$boot" != "$nb" ] || [ "$cur" != "$start" ]; then echo "mismatch $i"; return 0; fi
+  kill -TERM "-$p" 2>/dev/null
+  echo "signalled $i"
   PIDS="$PIDS $p"
 }
 wt_wait() {
-  i=0
-  while [ "$i" -lt "$1" ]; do
+  n=0
+  while [ "$n" -lt "$1" ]; do
     left=
-    for p in $PIDS; do if kill -0 -- "-$p" 2>/dev/null; then left="$left $p"; fi; done
+    for p in $PIDS; do if kill -0 "-$p" 2>/dev/null; then left="$left $p"; fi; done
     [ -z "$left" ] && return 0
     PIDS=$left
     sleep 0.1
-    i=$((i+1))
+    n=$((n+1))
   done
-  for p in $PIDS; do if kill -KILL -- "-$p" 2>/dev/null; then echo "forced $p"; fi; done
+  for p in $PIDS; do if kill -KILL "-$p" 2>/dev/null; then echo "forced $p"; fi; done
 }
 """
 

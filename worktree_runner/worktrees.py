@@ -37,7 +37,7 @@ class PreparedWorktree:
 
 def open_repo(config: Config) -> git.Repo:
     try:
-        return git.Repo(config.repo)
+        return git.Repo(config.repo, expand_vars=False)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         raise ConfigError(f"{config.repo} is not a git repository",
                           f"set repo: in {config.path} to a git checkout") from None
@@ -137,7 +137,7 @@ def _check_reusable(repo: git.Repo, info: WorktreeInfo, b: BranchConfig, force: 
         raise GitError(f"worktree {info.path} has {on} checked out, not '{b.branch}'",
                        f"check out {b.branch} there, or remove it with "
                        f"`wt-run clean --worktrees`")
-    if not force and git.Repo(info.path).is_dirty(untracked_files=False):
+    if not force and git.Repo(info.path, expand_vars=False).is_dirty(untracked_files=False):
         raise GitError(f"worktree {info.path} has uncommitted changes to tracked files",
                        "commit or stash them there (or pass --force to run them as they are)")
 
@@ -228,7 +228,7 @@ def plan_removal(config: Config, busy: set[str]) -> list[RemovalPlan]:
             plans.append(RemovalPlan(info.path, info.branch, "skip:a worker is still running"))
         elif info.locked:
             plans.append(RemovalPlan(info.path, info.branch, "skip:locked (git worktree unlock)"))
-        elif not info.prunable and git.Repo(info.path).is_dirty(untracked_files=False):
+        elif not info.prunable and git.Repo(info.path, expand_vars=False).is_dirty(untracked_files=False):
             plans.append(RemovalPlan(info.path, info.branch,
                                      "skip:uncommitted changes (commit, or --force)"))
         else:

@@ -16,6 +16,7 @@ import fcntl
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -79,7 +80,7 @@ _BUFFERS: dict[tuple[int, ...], np.ndarray] = {}
 
 
 def _zeroed_buffer(shape: tuple[int, ...]) -> np.ndarray:
-    """A per-process reusable zeroed video buffer: fresh memory would page-fault every time."""
+    """A per-process reusable video buffer: fresh memory would page-fault on every shard."""
     buffer = _BUFFERS.get(shape)
     if buffer is None:
         _BUFFERS.clear()
@@ -88,7 +89,8 @@ def _zeroed_buffer(shape: tuple[int, ...]) -> np.ndarray:
 
 
 def render_shard(cfg: DataConfig, index: int) -> dict[str, np.ndarray]:
-    """All arrays of shard ``index``. The video is a view of a reused buffer."""
+    """All arrays of shard ``index``. The video is a per-process buffer reused by the next
+    call: copy it to keep it."""
     start = index * cfg.shard_size
     stop = min(cfg.samples, start + cfg.shard_size)
     params = [sample_params(cfg, i) for i in range(start, stop)]
@@ -99,6 +101,7 @@ def render_shard(cfg: DataConfig, index: int) -> dict[str, np.ndarray]:
     n = stop - start
     shape = (n, cfg.cameras, cfg.frames, cfg.channels, cfg.size, cfg.size)
     video = _zeroed_buffer(shape)
+    video.fill(0)  # cheap on already-mapped pages, and makes a stale buffer harmless
     for a in range(0, n, RENDER_CHUNK):
         b = min(n, a + RENDER_CHUNK)
         render.render_batch(
@@ -116,10 +119,7 @@ def render_shard(cfg: DataConfig, index: int) -> dict[str, np.ndarray]:
 def generate_shard(cfg: DataConfig, root: str, index: int) -> int:
     """Render and publish shard ``index`` under ``root``; returns its sample count."""
     arrays = render_shard(cfg, index)
-    try:
-        write_shard(Path(root), index, index * cfg.shard_size, arrays)
-    finally:
-        arrays["video"].fill(0)  # the buffer must be zero for the next shard
+    write_shard(Path(root), index, index * cfg.shard_size, arrays)
     return len(arrays["labels"])
 
 
@@ -156,9 +156,8 @@ def resolve_workers(workers: str | int, cfg: DataConfig, pending: int) -> int:
         if seconds < AUTO_PARALLEL_MIN_SECONDS:
             return 0
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return max(0, min(cpus or 1, pending)) if (cpus or 1) > 1 else 0
-    count = int(workers)
-    return 0 if count <= 1 and count == 0 else min(count, pending)
+        return min(cpus or 1, pending) if (cpus or 1) > 1 else 0
+    return min(int(workers), pending)
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -211,6 +210,8 @@ def generate(
     with _exclusive(root):
         remove_stale_tmp(root)
         pending = [k for k in range(cfg.shards) if not shard_is_complete(root, k)]
+        for k in pending:  # a torn published shard (e.g. truncated by a full disk)
+            shutil.rmtree(root / "shards" / shard_name(k), ignore_errors=True)
         sizes = {k: min(cfg.shard_size, cfg.samples - k * cfg.shard_size) for k in pending}
         done = cfg.samples - sum(sizes.values())
         progress = Progress(cfg.samples, "generate", initial=done,

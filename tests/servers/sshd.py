@@ -104,6 +104,7 @@ class SSHServer:
         self.pid_file = self.dir / "sshd.pid"
         self.log = self.dir / "sshd.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._started_once = False
 
     # ----------------------------------------------------------------- keys and config files
     @property
@@ -170,11 +171,25 @@ class SSHServer:
         return self._proc.pid if self.running and self._proc else None
 
     def start(self) -> SSHServer:
-        """Start sshd (keys are generated only once) and wait until it listens."""
+        """Start sshd (keys are generated only once) and wait until it listens.
+
+        If the very first start loses the race for its free port, it retries on a new port
+        (nobody can have been given this port yet); later starts keep the port.
+        """
         if self.running:
             return self
         if not Path(SSHD).exists():
             raise SSHServerError(f"{SSHD} is not installed")
+        for attempt in range(3):
+            try:
+                return self._start_once()
+            except SSHServerError:
+                if self._started_once or attempt == 2 or "Bind to port" not in self.log_text():
+                    raise
+                self.port = _proc.free_port()
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> SSHServer:
         self._prepare()
         log_offset = self.log.stat().st_size if self.log.exists() else 0
         argv = [SSHD, "-D", "-e", "-f", str(self.config), "-E", str(self.log)]
@@ -188,6 +203,7 @@ class SSHServer:
         )
         _LIVE.add(self)
         self._wait_listening(log_offset)
+        self._started_once = True
         return self
 
     def _listening_since(self, offset: int) -> bool:

@@ -2,7 +2,7 @@
 
 Faithful parts: every convolution is *causal in time* (padding only on the past side,
 so output frame k sees frames <= k and the first frame is encoded on its own), residual
-blocks with GroupNorm + SiLU, strided causal convs for spatial (and, in chosen stages,
+blocks with (per-frame) GroupNorm + SiLU, strided causal convs for spatial (and, in chosen stages,
 temporal) downsampling, and lookup-free quantisation (LFQ): each latent channel is
 quantised to its sign, the token is the integer spelled by those bits (codebook size
 2^bits, no embedding table), gradients pass straight through, and training adds a
@@ -36,8 +36,18 @@ class CausalConv3d(nn.Module):
         return self.conv(F.pad(x, (p, p, p, p, self.time_pad, 0)))
 
 
+class FrameGroupNorm(nn.GroupNorm):
+    """GroupNorm with statistics per frame: video-wide statistics would leak the future
+    into every frame and break causality."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, t, h, w = x.shape
+        frames = x.transpose(1, 2).reshape(n * t, c, h, w)
+        return super().forward(frames).view(n, t, c, h, w).transpose(1, 2)
+
+
 def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(8, channels), channels)
+    return FrameGroupNorm(min(8, channels), channels)
 
 
 class CausalResBlock(nn.Module):
@@ -92,6 +102,7 @@ class LookupFreeQuantizer(nn.Module):
 @dataclass(frozen=True)
 class MagVitConfig:
     width: int = 16
+    stem_stride: int = 1  # spatial stride of the first conv; 2 makes CPU-scale runs cheap
     multipliers: tuple[int, ...] = (1, 2, 4)  # channels per stage; each stage halves H, W
     temporal_down: tuple[bool, ...] = (False, True, True)  # which stages halve time
     bits: int = 10  # LFQ code bits: codebook of 2^bits tokens
@@ -109,7 +120,8 @@ class MagVitEncoder(VideoExtractor):
         super().__init__()
         if len(cfg.temporal_down) != len(cfg.multipliers):
             raise ValueError("magvit: temporal_down needs one entry per multiplier")
-        layers: list[nn.Module] = [CausalConv3d(spec.channels, cfg.width)]
+        stem = (1, cfg.stem_stride, cfg.stem_stride)
+        layers: list[nn.Module] = [CausalConv3d(spec.channels, cfg.width, stride=stem)]
         channels = cfg.width
         for mult, down_t in zip(cfg.multipliers, cfg.temporal_down, strict=True):
             out = cfg.width * mult

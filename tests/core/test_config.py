@@ -1,0 +1,98 @@
+"""Config mistakes give one line naming the file, the key and the fix, and exit 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import WtRun, basic_config, write_config
+from worktree_runner.config import load_config
+
+
+@pytest.mark.parametrize("mutate,needle,fix", [
+    (lambda c: c.update(colour="red"), "unknown key 'colour'", "remove it"),
+    (lambda c: c["branches"]["a"].update(vars={"x": "1"}, extra=1),
+     "unknown key 'branches.a.extra'", "remove it"),
+    (lambda c: c.update(default_host="gpu9"), "default_host: 'gpu9'", "add gpu9 under hosts"),
+    (lambda c: c["branches"]["a"].update(host="gpu9"), "branches.a.host: 'gpu9'", "add the host"),
+    (lambda c: c["commands"].update(train="python t.py --x {nonsense}"),
+     "uses {nonsense}", "vars"),
+    (lambda c: c["branches"]["a"].update(branch="-rf"), "starts with '-'", "letters"),
+    (lambda c: c["branches"]["a"].update(branch="x;touch /tmp/p"), "';'", "letters"),
+    (lambda c: c["branches"]["a"].update(branch="a..b"), "'..'", "letters"),
+    (lambda c: c.update(hosts={"gpu1": {"type": "ssh"}}), "hosts.gpu1.address is missing",
+     "user@host"),
+    (lambda c: c.update(hosts={"x": {"type": "kube"}}), "'kube' is not a host type", "ssh"),
+    (lambda c: c.update(shared=["../outside"]), "must be a path inside the repo", "relative"),
+])
+def test_config_mistakes_are_one_line_with_fix(repo_factory, mutate, needle, fix) -> None:
+    repo = repo_factory()
+    cfg = basic_config(["a"], "python t.py")
+    mutate(cfg)
+    path = write_config(repo, cfg)
+    result = WtRun(repo, path)("status", ok=False)
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1, line
+    assert line.startswith("Error: ") and needle in line and fix in line
+    assert str(path) in line
+
+
+def test_bad_yaml_names_line(repo_factory) -> None:
+    repo = repo_factory()
+    path = repo / "wt-run.yaml"
+    path.write_text("branches:\n  a: {branch: x\ncommands: {}\n")
+    result = WtRun(repo, path)("status", ok=False)
+    assert result.exit_code == 1 and "line" in result.output and "YAML" in result.output
+
+
+def test_unknown_branch_name_on_launch(repo_factory) -> None:
+    repo = repo_factory()
+    wt = WtRun(repo, write_config(repo, basic_config(["a"], "true")))
+    result = wt("launch", "--branches", "nope", ok=False)
+    assert result.exit_code == 1
+    assert "no entry 'nope' under branches:" in result.output and "known: a" in result.output
+
+
+def test_missing_config_says_run_init(tmp_path: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from worktree_runner.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["status"])
+    assert result.exit_code == 1 and "wt-run init" in result.output
+
+
+def test_init_writes_a_starter_that_loads(repo_factory, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from worktree_runner.cli import cli
+
+    repo = repo_factory()
+    monkeypatch.chdir(repo)
+    assert CliRunner().invoke(cli, ["init"]).exit_code == 0
+    config = load_config(None, cwd=repo)
+    assert set(config.branches) == {"baseline", "bigger-lr"}
+    assert "# " in (repo / "wt-run.yaml").read_text()
+    again = CliRunner().invoke(cli, ["init"])
+    assert again.exit_code == 1 and "--force" in again.output
+
+
+def test_config_found_in_configs_dir_with_relative_repo(repo_factory) -> None:
+    repo = repo_factory()
+    (repo / "configs").mkdir()
+    cfg = basic_config(["a"], "true", repo="..")
+    write_config(repo / "configs", cfg)
+    config = load_config(None, cwd=repo)
+    assert config.repo == repo.resolve()
+    assert config.worktrees == repo.resolve() / ".wt-run/worktrees"
+
+
+def test_usage_errors_exit_2(repo_factory) -> None:
+    repo = repo_factory()
+    wt = WtRun(repo, write_config(repo, basic_config(["a"], "true")))
+    assert wt("stop", ok=False).exit_code == 2
+    assert wt("launch", ok=False).exit_code == 2
+    assert wt("clean", ok=False).exit_code == 2

@@ -1,0 +1,526 @@
+"""SSH hosts: `SSHHost` runs wt-run's shell scripts on a remote machine over one Fabric
+(Paramiko) connection, moves files over SFTP, and keeps one connection per host per process.
+
+What it owns, and why it is done this way:
+- Connecting: the address may be `user@host[:port]` or an alias from the ssh config (HostName,
+  User, Port, IdentityFile, ProxyJump are resolved by Fabric). `WT_RUN_SSH_CONFIG` names an
+  explicit ssh config file instead of `~/.ssh/config` (tests, CI).
+- Host keys are verified against known_hosts (`UserKnownHostsFile` from the ssh config, else
+  `~/.ssh/known_hosts`), also for ProxyJump hops; an unknown or changed key is refused with its
+  fingerprint and the command that trusts it. `strict_host_key: false` relaxes this (warning).
+- Timeouts: connect, banner and auth use `connect_timeout`; every command has a deadline
+  (`command_timeout` unless the caller gives one).
+- Retries: only the connection is retried (capped exponential backoff with jitter), never a
+  script once it may have started, so a retry cannot start a worker twice. Authentication and
+  host-key failures are not retried.
+- Quoting and secrets: the remote command line is a constant; the script (and any secret in
+  it) travels on stdin. Fabric's `env=` is never used (it does not quote).
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import codecs
+import hashlib
+import logging
+import os
+import random
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .errors import ConfigError, HostUnreachable
+from .hosts import CommandResult, Host
+
+if TYPE_CHECKING:
+    from fabric import Connection
+    from paramiko import Channel, PKey, SFTPClient
+
+    from .config import HostConfig
+
+log = logging.getLogger("wt_run.ssh")
+
+SSH_CONFIG_ENV = "WT_RUN_SSH_CONFIG"
+# The script is read whole before it runs, so nothing it starts can swallow the rest of it
+# from stdin; the command line itself never changes and so never carries user data.
+REMOTE_COMMAND = "sh -c 'eval \"$(cat)\"'"
+CONNECT_ATTEMPTS = 3
+BACKOFF_BASE_S = 0.25
+BACKOFF_CAP_S = 4.0
+KEEPALIVE_S = 15
+
+
+class SSHAuthFailed(HostUnreachable):
+    """The server refused our credentials. Not retried: retrying cannot fix a wrong key."""
+
+
+class HostKeyRejected(HostUnreachable):
+    """The server's host key is unknown or differs from known_hosts."""
+
+
+class _UnknownHostKey(Exception):
+    def __init__(self, hostname: str, key: PKey) -> None:
+        super().__init__(hostname)
+        self.hostname = hostname
+        self.key = key
+
+
+def fingerprint(key: PKey) -> str:
+    """OpenSSH-style `SHA256:...` fingerprint of a public key."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    """Where a connection goes once the ssh config is applied (for messages and fixes)."""
+
+    host: str
+    port: int
+    user: str
+    keys: tuple[str, ...]
+    known_hosts: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+    @property
+    def known_hosts_name(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.port != 22 else self.host
+
+
+def ssh_config_path() -> str | None:
+    """The explicit ssh config file from WT_RUN_SSH_CONFIG, if set."""
+    path = os.environ.get(SSH_CONFIG_ENV)
+    if not path:
+        return None
+    expanded = os.path.expanduser(path)
+    if not os.path.isfile(expanded):
+        raise ConfigError(f"{SSH_CONFIG_ENV}={path}: no such file",
+                          f"point {SSH_CONFIG_ENV} at an ssh config file, or unset it")
+    return expanded
+
+
+class SSHHost(Host):
+    """A remote machine reached over SSH. `root` is resolved on the host (`~` expanded) the
+    first time it is needed, then kept."""
+
+    def __init__(self, hc: HostConfig, *, pooled: bool = False) -> None:
+        self.name = hc.name
+        self.hc = hc
+        self._pooled = pooled
+        self._ssh_config = ssh_config_path()
+        self._conn: Connection | None = None
+        self._endpoint: _Endpoint | None = None
+        self._sftp: SFTPClient | None = None
+        self._root: str | None = None
+        self._lock = threading.RLock()
+        self._warned = False
+
+    # ------------------------------------------------------------------ root
+
+    @property
+    def root(self) -> str:  # type: ignore[override]
+        if self._root is None:
+            raw = self.hc.root
+            if raw.startswith("~") and raw != "~" and not raw.startswith("~/"):
+                raise ConfigError(f"hosts.{self.name}.root: '{raw}' uses ~user",
+                                  "write an absolute path or one starting with ~/")
+            if raw.startswith("/"):
+                self._root = raw.rstrip("/") or "/"
+            else:
+                # Relative roots are relative to the login directory, as with scp.
+                rest = (raw[1:] if raw.startswith("~") else raw).strip("/")
+                home = self._home()
+                self._root = f"{home.rstrip('/')}/{rest}" if rest else home
+        return self._root
+
+    def _home(self) -> str:
+        result = self.run_script('printf "%s\\n" "$HOME"\n').check()
+        home = result.stdout.strip()
+        if not home.startswith("/"):
+            raise HostUnreachable(self.name, f"cannot tell the home directory (got {home!r})",
+                                  f"set an absolute root: for hosts.{self.name}")
+        return home
+
+    # ------------------------------------------------------------------ connecting
+
+    def _build_connection(self) -> Connection:
+        from fabric import Config, Connection
+
+        config = Config(runtime_ssh_path=self._ssh_config) if self._ssh_config else Config()
+        kwargs: dict[str, Any] = {}
+        if self.hc.key:
+            key = os.path.expanduser(self.hc.key)
+            if not os.path.isfile(key):
+                raise SSHAuthFailed(self.name, f"key file {key} does not exist",
+                                    f"fix key: under hosts.{self.name}")
+            kwargs["key_filename"] = [key]
+        conn = Connection(self.hc.address, config=config, connect_kwargs=kwargs)
+        self._harden(conn)
+        return conn
+
+    def _harden(self, conn: Connection) -> None:
+        """Host-key policy, known_hosts and timeouts for a connection and its jump hosts."""
+        from fabric import Connection
+        from paramiko import AutoAddPolicy
+
+        timeout = float(self.hc.connect_timeout) or None
+        ckw = conn.connect_kwargs
+        # Fabric turns connect_timeout into an int (0.5 s would mean "none"): pass ours to
+        # paramiko directly, and the same bound for the banner, auth and channel opens.
+        conn.connect_timeout = None
+        ckw["timeout"] = timeout
+        ckw["banner_timeout"] = timeout
+        ckw["auth_timeout"] = timeout
+        ckw["channel_timeout"] = timeout
+        if ckw.get("key_filename") and (self.hc.key or conn.ssh_config.get(
+                "identitiesonly", "no").lower() == "yes"):
+            # With an explicit key, try only that key: a clear error beats the agent's guesses.
+            ckw.setdefault("allow_agent", False)
+            ckw.setdefault("look_for_keys", False)
+        known = _known_hosts_files(conn.ssh_config)
+        client = conn.client
+        if self.hc.strict_host_key:
+            for path in known:
+                if os.path.isfile(path):
+                    client.get_host_keys().load(path)
+            client.set_missing_host_key_policy(_reject_unknown_policy())
+        else:
+            client.set_missing_host_key_policy(AutoAddPolicy())
+        if isinstance(conn.gateway, Connection):
+            self._harden(conn.gateway)
+
+    def _endpoint_of(self, conn: Connection) -> _Endpoint:
+        keys = tuple(conn.connect_kwargs.get("key_filename") or ())
+        return _Endpoint(conn.host, int(conn.port), conn.user, keys,
+                         tuple(_known_hosts_files(conn.ssh_config)))
+
+    def _connect(self) -> Connection:
+        """The live connection, (re)connecting with retries when there is none."""
+        with self._lock:
+            conn = self._conn
+            if conn is not None and conn.transport is not None and conn.transport.is_active():
+                return conn
+            self._drop()
+            conn = self._connect_with_retries()
+            self._conn = conn
+            return conn
+
+    def _connect_with_retries(self) -> Connection:
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            conn = self._build_connection()
+            self._endpoint = ep = self._endpoint_of(conn)
+            try:
+                conn.open()
+            except Exception as exc:  # classified below
+                _quiet_close(conn)
+                failure = self._classify(exc, ep)
+                attempt += 1
+                if (not _retryable(failure) or attempt >= CONNECT_ATTEMPTS
+                        or time.monotonic() - start >= max(self.hc.connect_timeout, 1.0)):
+                    raise failure from None
+                delay = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** attempt))
+                log.debug("host %s: %s; retrying in %.2f s", self.name, failure.reason, delay)
+                time.sleep(delay)
+                continue
+            if not self.hc.strict_host_key and not self._warned:
+                self._warned = True
+                log.warning("host %s: host key of %s not verified (strict_host_key: false)",
+                            self.name, ep.known_hosts_name)
+            assert conn.transport is not None
+            conn.transport.set_keepalive(KEEPALIVE_S)
+            return conn
+
+    def _classify(self, exc: BaseException, ep: _Endpoint) -> HostUnreachable:
+        from paramiko import AuthenticationException, BadHostKeyException
+
+        if isinstance(exc, HostUnreachable):
+            return exc
+        if isinstance(exc, _UnknownHostKey):
+            target = ep.known_hosts[0] if ep.known_hosts else "~/.ssh/known_hosts"
+            host, port = _split_known_name(exc.hostname, ep)
+            return HostKeyRejected(
+                self.name,
+                f"host key of {exc.hostname} is not in known_hosts "
+                f"({exc.key.get_name()} {fingerprint(exc.key)})",
+                f"if that fingerprint is the host's, trust it: "
+                f"ssh-keyscan -p {port} {host} >> {target} "
+                f"(or set strict_host_key: false for hosts.{self.name})")
+        if isinstance(exc, BadHostKeyException):
+            target = ep.known_hosts[0] if ep.known_hosts else "~/.ssh/known_hosts"
+            host, port = _split_known_name(exc.hostname, ep)
+            return HostKeyRejected(
+                self.name,
+                f"host key of {exc.hostname} CHANGED: known_hosts has "
+                f"{fingerprint(exc.expected_key)}, the server offers {exc.key.get_name()} "
+                f"{fingerprint(exc.key)} (a reinstalled host, or someone in between)",
+                f"only if the host was really reinstalled: ssh-keygen -R '{exc.hostname}' "
+                f"-f {target} && ssh-keyscan -p {port} {host} >> {target}")
+        if isinstance(exc, AuthenticationException):
+            keys = ", ".join(ep.keys) or "the ssh agent / default keys"
+            return SSHAuthFailed(
+                self.name, f"authentication failed for user {ep.user} at {ep.host}:{ep.port} "
+                f"with {keys}",
+                f"check key: under hosts.{self.name} (or IdentityFile in the ssh config) and "
+                f"that its public key is in ~{ep.user}/.ssh/authorized_keys on the host")
+        return HostUnreachable(self.name, f"cannot connect to {ep.label}: {_describe(exc)}",
+                               "check that the host is up and sshd runs, then retry")
+
+    def _drop(self) -> None:
+        conn, sftp = self._conn, self._sftp
+        self._conn = self._sftp = None
+        if sftp is not None:
+            _quiet(sftp.close)
+        if conn is not None:
+            _quiet_close(conn)
+
+    def _open_channel(self) -> Channel:
+        """A session channel. A cached transport that died since its last use fails here,
+        before anything was sent, so reconnecting once is safe."""
+        for attempt in (1, 2):
+            conn = self._connect()
+            try:
+                assert conn.transport is not None
+                return conn.transport.open_session(timeout=self.hc.connect_timeout or None)
+            except Exception as exc:  # transport errors of many kinds
+                with self._lock:
+                    if self._conn is conn:
+                        self._drop()
+                if attempt == 2:
+                    raise HostUnreachable(self.name, f"cannot open a session: {_describe(exc)}",
+                                          "check that the host is up, then retry") from None
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ running scripts
+
+    def run_script(self, script: str, *, timeout: float | None = None) -> CommandResult:
+        limit = self.hc.command_timeout if timeout is None else timeout
+        out: list[str] = []
+        err: list[str] = []
+        code = self._exec(script, limit, out.append, err.append)
+        return CommandResult(self.name, script, code, "".join(out), "".join(err))
+
+    def stream_script(self, script: str, out: TextIO) -> int:
+        def emit(text: str) -> None:
+            out.write(text)
+            out.flush()
+
+        try:
+            return self._exec(script, None, emit, lambda text: None)
+        except KeyboardInterrupt:
+            return 130
+
+    def _exec(self, script: str, timeout: float | None, on_out: Callable[[str], None],
+              on_err: Callable[[str], None]) -> int:
+        chan = self._open_channel()
+        deadline = time.monotonic() + timeout if timeout else None
+        decode_out = codecs.getincrementaldecoder("utf-8")("replace")
+        decode_err = codecs.getincrementaldecoder("utf-8")("replace")
+        try:
+            chan.settimeout(timeout or None)
+            chan.exec_command(REMOTE_COMMAND)
+            chan.sendall(script.encode())
+            chan.shutdown_write()
+            while True:
+                got = False
+                while chan.recv_ready():
+                    on_out(decode_out.decode(chan.recv(65536)))
+                    got = True
+                while chan.recv_stderr_ready():
+                    on_err(decode_err.decode(chan.recv_stderr(65536)))
+                    got = True
+                if got:
+                    continue
+                if chan.closed or (chan.eof_received and chan.exit_status_ready()):
+                    if not chan.recv_ready() and not chan.recv_stderr_ready():
+                        break
+                    continue
+                wait = 1.0
+                if deadline is not None:
+                    wait = deadline - time.monotonic()
+                    if wait <= 0:
+                        raise HostUnreachable(
+                            self.name, f"command did not finish within {timeout:g} s",
+                            f"check the host's load; raise command_timeout for hosts.{self.name}")
+                select.select([chan], [], [], min(wait, 1.0))
+            on_out(decode_out.decode(b"", final=True))
+            on_err(decode_err.decode(b"", final=True))
+            if not chan.exit_status_ready():
+                raise HostUnreachable(self.name, "connection lost while a command ran",
+                                      "check the host; `wt-run status` shows what happened")
+            return chan.recv_exit_status()
+        except TimeoutError:
+            raise HostUnreachable(self.name, f"command did not finish within {timeout:g} s",
+                                  f"raise command_timeout for hosts.{self.name}") from None
+        except (OSError, EOFError) as exc:
+            raise HostUnreachable(self.name, f"connection lost: {_describe(exc)}",
+                                  "check the host, then retry") from None
+        except Exception as exc:
+            from paramiko import SSHException
+
+            if isinstance(exc, SSHException):
+                raise HostUnreachable(self.name, f"connection lost: {_describe(exc)}",
+                                      "check the host, then retry") from None
+            raise
+        finally:
+            _quiet(chan.close)
+
+    # ------------------------------------------------------------------ files
+
+    def _sftp_client(self) -> SFTPClient:
+        with self._lock:
+            conn = self._connect()
+            if self._sftp is None:
+                try:
+                    self._sftp = conn.client.open_sftp()
+                except Exception as exc:
+                    raise HostUnreachable(self.name, f"cannot start SFTP: {_describe(exc)}",
+                                          "make sure the host's sshd offers the sftp "
+                                          "subsystem") from None
+            return self._sftp
+
+    def put(self, local: Path, remote: str) -> None:
+        """Upload a file, creating missing parent directories; files and new directories are
+        private to the user (0600/0700)."""
+        sftp = self._sftp_client()
+        try:
+            _sftp_makedirs(sftp, remote.rsplit("/", 1)[0])
+            with sftp.open(remote, "wb") as fh:
+                sftp.chmod(remote, 0o600)  # before any byte is written
+                fh.set_pipelined(True)
+                with open(local, "rb") as src:
+                    while chunk := src.read(1 << 20):
+                        fh.write(chunk)
+        except OSError as exc:
+            raise HostUnreachable(self.name, f"upload to {remote} failed: {_describe(exc)}",
+                                  "check the host's disk and permissions under root:") from None
+
+    def get(self, remote: str, local: Path) -> None:
+        sftp = self._sftp_client()
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            sftp.get(remote, str(local))
+        except OSError as exc:
+            raise HostUnreachable(self.name, f"download of {remote} failed: {_describe(exc)}",
+                                  "check that the file exists on the host") from None
+
+    def close(self) -> None:
+        if self._pooled:
+            return  # the per-process pool closes it at exit
+        self.really_close()
+
+    def really_close(self) -> None:
+        with self._lock:
+            self._drop()
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _reject_unknown_policy() -> Any:
+    from paramiko import MissingHostKeyPolicy
+
+    class RejectUnknown(MissingHostKeyPolicy):
+        """Like paramiko's RejectPolicy, but keeps the key so the error can show it."""
+
+        def missing_host_key(self, client: Any, hostname: str, key: PKey) -> None:
+            raise _UnknownHostKey(hostname, key)
+
+    return RejectUnknown()
+
+
+def _known_hosts_files(ssh_config: Any) -> list[str]:
+    files = str(ssh_config.get("userknownhostsfile", "")).split()
+    if not files:
+        files = ["~/.ssh/known_hosts", "~/.ssh/known_hosts2"]
+    files += str(ssh_config.get("globalknownhostsfile", "/etc/ssh/ssh_known_hosts")).split()
+    return [os.path.expanduser(f) for f in files]
+
+
+def _split_known_name(name: str, ep: _Endpoint) -> tuple[str, int]:
+    if name.startswith("[") and "]:" in name:
+        host, _, port = name[1:].partition("]:")
+        return host, int(port)
+    return name, ep.port if name == ep.host else 22
+
+
+def _retryable(failure: HostUnreachable) -> bool:
+    return not isinstance(failure, (SSHAuthFailed, HostKeyRejected))
+
+
+def _describe(exc: BaseException) -> str:
+    from paramiko.ssh_exception import NoValidConnectionsError
+
+    if isinstance(exc, NoValidConnectionsError):
+        return "connection refused"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _quiet(fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except Exception:  # best effort while tearing down
+        log.debug("ignored error while closing", exc_info=True)
+
+
+def _quiet_close(conn: Connection) -> None:
+    _quiet(conn.close)
+    gateway = conn.gateway
+    while gateway is not None and not isinstance(gateway, str):
+        _quiet(gateway.close)
+        gateway = getattr(gateway, "gateway", None)
+
+
+def _sftp_makedirs(sftp: SFTPClient, directory: str) -> None:
+    missing: list[str] = []
+    path = directory
+    while path and path != "/":
+        try:
+            sftp.stat(path)
+            break
+        except OSError:
+            missing.append(path)
+            path = path.rsplit("/", 1)[0]
+    for p in reversed(missing):
+        sftp.mkdir(p, mode=0o700)
+
+
+# ---------------------------------------------------------------------- per-process pool
+
+_POOL: dict[tuple[Any, ...], SSHHost] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def shared_ssh_host(hc: HostConfig) -> SSHHost:
+    """The process-wide SSHHost for a host entry: every step of one command (status probe,
+    code sync, launch) shares its single connection. `close()` on it is a no-op."""
+    key = (hc.name, hc.address, hc.key, hc.root, hc.strict_host_key, hc.connect_timeout,
+           hc.command_timeout, os.environ.get(SSH_CONFIG_ENV, ""))
+    with _POOL_LOCK:
+        host = _POOL.get(key)
+        if host is None:
+            host = _POOL[key] = SSHHost(hc, pooled=True)
+        return host
+
+
+@atexit.register
+def close_all() -> None:
+    """Close every pooled connection (at exit; tests call it to start from zero)."""
+    with _POOL_LOCK:
+        hosts = list(_POOL.values())
+        _POOL.clear()
+    for host in hosts:
+        host.really_close()

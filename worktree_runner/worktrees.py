@@ -137,9 +137,13 @@ def _check_reusable(repo: git.Repo, info: WorktreeInfo, b: BranchConfig, force: 
         raise GitError(f"worktree {info.path} has {on} checked out, not '{b.branch}'",
                        f"check out {b.branch} there, or remove it with "
                        f"`wt-run clean --worktrees`")
-    if not force and git.Repo(info.path, expand_vars=False).is_dirty(untracked_files=False):
+    if not force and _dirty(info.path):
         raise GitError(f"worktree {info.path} has uncommitted changes to tracked files",
                        "commit or stash them there (or pass --force to run them as they are)")
+
+
+def _dirty(path: Path) -> bool:
+    return git.Repo(path, expand_vars=False).is_dirty(untracked_files=False)
 
 
 def _check_base(repo: git.Repo, config: Config) -> None:
@@ -228,7 +232,7 @@ def plan_removal(config: Config, busy: set[str]) -> list[RemovalPlan]:
             plans.append(RemovalPlan(info.path, info.branch, "skip:a worker is still running"))
         elif info.locked:
             plans.append(RemovalPlan(info.path, info.branch, "skip:locked (git worktree unlock)"))
-        elif not info.prunable and git.Repo(info.path, expand_vars=False).is_dirty(untracked_files=False):
+        elif not info.prunable and _dirty(info.path):
             plans.append(RemovalPlan(info.path, info.branch,
                                      "skip:uncommitted changes (commit, or --force)"))
         else:

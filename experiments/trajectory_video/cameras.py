@@ -73,7 +73,7 @@ def sample_cameras(rng: np.random.Generator, cameras: int, size: int) -> CameraS
 def project(
     points: np.ndarray, intrinsics: np.ndarray, extrinsics: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Project points ``(B, P, 3)`` into cameras ``(B, V, ...)``: ``u, v, depth`` each ``(B, V, P)``.
+    """Project points ``(B, P, 3)`` into cameras ``(B, V, ...)`` -> ``u, v, depth (B, V, P)``.
 
     Written as explicit broadcast products instead of a matmul so each output element
     is computed the same way whatever the batch size (BLAS blocking would not be).

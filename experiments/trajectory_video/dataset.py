@@ -77,7 +77,7 @@ def write_shard(root: Path, index: int, start: int, arrays: Mapping[str, np.ndar
         path = tmp / f"{name}.npy"
         np.save(path, arrays[name])
         sizes[name] = path.stat().st_size
-    meta = {"shard": index, "start": start, "count": int(len(arrays["labels"])), "sizes": sizes}
+    meta = {"shard": index, "start": start, "count": len(arrays["labels"]), "sizes": sizes}
     write_json_atomic(tmp / "meta.json", meta)
     try:
         os.rename(tmp, final)

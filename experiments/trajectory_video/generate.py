@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import json
 import multiprocessing
 import os
 import shutil
@@ -214,8 +213,7 @@ def generate(
             shutil.rmtree(root / "shards" / shard_name(k), ignore_errors=True)
         sizes = {k: min(cfg.shard_size, cfg.samples - k * cfg.shard_size) for k in pending}
         done = cfg.samples - sum(sizes.values())
-        progress = Progress(cfg.samples, "generate", initial=done,
-                            stream=open(os.devnull, "w") if quiet else None)
+        progress = Progress(cfg.samples, "generate", initial=done, enabled=not quiet)
         count = resolve_workers(workers, cfg, len(pending))
         if count == 0:
             for k in pending:

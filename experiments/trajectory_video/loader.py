@@ -54,7 +54,7 @@ class TrainingData:
     def split(self, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
         """Train / val indices: the last ``val_fraction`` of samples, in whole class cycles."""
         n = len(self.data)
-        n_val = max(4, int(round(n * val_fraction / 4)) * 4)
+        n_val = max(4, round(n * val_fraction / 4) * 4)
         if n_val >= n:
             raise ValueError(f"dataset of {n} samples is too small for a validation split")
         return np.arange(n - n_val), np.arange(n - n_val, n)

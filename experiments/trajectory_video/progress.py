@@ -12,7 +12,7 @@ from typing import TextIO
 
 
 def format_duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
@@ -28,7 +28,9 @@ class Progress:
         stream: TextIO | None = None,
         log_interval: float = 5.0,
         initial: int = 0,
+        enabled: bool = True,
     ) -> None:
+        self.enabled = enabled
         self.total = total
         self.label = label
         self.unit = unit
@@ -63,6 +65,8 @@ class Progress:
             self._emit(final=self.done >= self.total)
 
     def _emit(self, final: bool) -> None:
+        if not self.enabled:
+            return
         if self.tty:
             self.stream.write("\r" + self.line() + ("\n" if final else ""))
         else:

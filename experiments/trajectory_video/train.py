@@ -47,7 +47,11 @@ from experiments.trajectory_video.config import (
     build,
     load_yaml,
 )
-from experiments.trajectory_video.dataset import DatasetError, TrajectoryVideoData, write_json_atomic
+from experiments.trajectory_video.dataset import (
+    DatasetError,
+    TrajectoryVideoData,
+    write_json_atomic,
+)
 from experiments.trajectory_video.loader import Batch, Prefetcher, TrainingData
 from experiments.trajectory_video.trajectories import CLASS_NAMES, NUM_CLASSES
 from shared.base_extractor import VideoSpec, build_extractor, registered_extractors

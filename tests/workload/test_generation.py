@@ -23,7 +23,7 @@ from experiments.trajectory_video.dataset import (
 
 def dataset_bytes(root: Path) -> dict[str, bytes]:
     """Every data file of a dataset (shards and stats) by relative path."""
-    files = sorted(root.glob("shards/*/*.npy")) + [root / "stats.json"]
+    files = [*sorted(root.glob("shards/*/*.npy")), root / "stats.json"]
     return {str(p.relative_to(root)): p.read_bytes() for p in files}
 
 

@@ -77,7 +77,9 @@ class LookupFreeQuantizer(nn.Module):
         self.register_buffer("codebook", signs, persistent=False)  # (2^bits, bits)
         self.register_buffer("powers", 2 ** torch.arange(bits), persistent=False)
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """``z (N, bits, ...)`` -> quantised ``(N, bits, ...)``, token ids, loss terms."""
         z = z.float()
         quantised = torch.where(z > 0, 1.0, -1.0)

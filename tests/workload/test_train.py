@@ -1,0 +1,107 @@
+"""Training end to end on the tiny dataset: outputs, resume, SIGTERM in a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.trajectory_video import train
+from experiments.trajectory_video.checkpoints import list_checkpoints
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = str(REPO / "configs" / "train_tiny.yaml")
+
+
+def run_train(data: Path, out: Path, *extra: str) -> int:
+    return train.main(["--extractor", "i3d", "--data", str(data), "--out", str(out),
+                       "--config", TINY, *extra])
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(list_checkpoints(out)[-1], weights_only=False)["model"]
+
+
+def test_train_checkpoint_resume_metrics(tmp_path: Path, tiny_dataset: Path) -> None:
+    out = tmp_path / "run"
+    assert run_train(tiny_dataset, out, "--epochs", "1") == 0
+    assert len(list_checkpoints(out)) == 1
+    assert run_train(tiny_dataset, out, "--epochs", "1") == 1  # refuses to clobber a run
+    assert run_train(tiny_dataset, out, "--epochs", "2", "--resume") == 0
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_next_pos_mse",
+                "lr", "time", "data_wait_fraction"):
+        assert key in rows[-1]
+    summary = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy", "macro_f1", "confusion_matrix", "next_pos_mse", "param_count",
+                "flops_per_clip", "flops_method", "train_time_s",
+                "train_throughput_clips_per_s", "peak_memory_bytes", "device"):
+        assert key in summary
+    matrix = summary["confusion_matrix"]
+    assert len(matrix) == 4 and sum(map(sum, matrix)) == summary["val_samples"]
+    assert summary["flops_per_clip"] > 0 and summary["param_count"] > 0
+    assert summary["device"] == "cpu"
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["epoch"] == progress["epochs"] == 2
+    assert progress["step"] == progress["steps"] and progress["state"] == "done"
+
+
+def test_missing_dataset_is_one_line_error(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("WT_RUN_OUT", str(tmp_path / "out"))  # --out defaults to it
+    code = train.main(["--extractor", "magvit", "--data", str(tmp_path / "nope")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err
+    assert "experiments.trajectory_video.generate" in err
+
+
+def test_sigterm_checkpoints_and_resume_matches_uninterrupted(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    epochs = ["--epochs", "4"]
+    interrupted = tmp_path / "interrupted"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.trajectory_video.train", "--extractor", "i3d",
+         "--data", str(tiny_dataset), "--out", str(interrupted), "--config", TINY, *epochs],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    # progress.json first appears after the handlers are installed and before step 1.
+    while not (interrupted / "progress.json").exists() and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == train.EXIT_TERM, output
+    assert "SIGTERM: saved" in output
+    assert len(list_checkpoints(interrupted)) == 1
+    progress = json.loads((interrupted / "progress.json").read_text())
+    assert progress["state"] == "interrupted" and progress["step"] < progress["steps"]
+    assert not (interrupted / "metrics.json").exists()
+
+    assert run_train(tiny_dataset, interrupted, *epochs, "--resume") == 0
+    straight = tmp_path / "straight"
+    assert run_train(tiny_dataset, straight, *epochs) == 0
+    resumed_weights, straight_weights = final_weights(interrupted), final_weights(straight)
+    for name, value in straight_weights.items():
+        torch.testing.assert_close(resumed_weights[name], value, rtol=0, atol=0, msg=name)
+    lines = (interrupted / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("extractor", ["slowfast", "transformer", "magvit"])
+def test_other_extractors_train_end_to_end(tmp_path: Path, tiny_dataset: Path,
+                                           extractor: str) -> None:
+    out = tmp_path / extractor
+    code = train.main(["--extractor", extractor, "--data", str(tiny_dataset), "--out", str(out),
+                       "--config", TINY, "--epochs", "1", "--set", "max_steps_per_epoch=2"])
+    assert code == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["extractor"] == extractor and summary["steps"] == 2

@@ -63,7 +63,8 @@ class WorkerView:
             "ended_at": _iso(o.ended_at or r.ended_at),
             "worktree": r.worktree, "log": r.log, "out": r.out, "attempt": r.attempt,
             "command": r.command, "gpus": list(r.gpus), "job_id": r.job_id,
-            "scheduler_state": r.scheduler_state, "reason": o.reason,
+            "scheduler_state": getattr(o, "scheduler_state", None) or r.scheduler_state,
+            "reason": o.reason,
             "progress": progress,
         }
 
@@ -354,8 +355,9 @@ def _start_host(config: Config, host_name: str, records: Sequence[WorkerRecord]
     if hc.type == "slurm":
         from .slurm import submit_slurm
 
-        submitted = submit_slurm(config, hc, records)
-        return HostOutcome(host_name, [r.name for r in submitted]), list(submitted)
+        submitted, errors = submit_slurm(config, hc, records)
+        return (HostOutcome(host_name, [r.name for r in submitted],
+                            "; ".join(errors) if errors else None), submitted)
     with open_host(config, host_name) as host:
         layout = host_layout(config, hc, host.root if hc.type != "local" else None)
         specs = [LaunchSpec(r.name, r.worker_dir, r.worktree, r.command,
@@ -472,7 +474,9 @@ def _observe_manifest(config: Config, store: RunStore, manifest: RunManifest) ->
         if obs.state.terminal:
             changed.append(replace(rec, state=obs.state.value, exit_code=obs.exit_code,
                                    signal=obs.signal, pid=obs.pid, started_at=obs.started_at,
-                                   ended_at=obs.ended_at, reason=obs.reason))
+                                   ended_at=obs.ended_at, reason=obs.reason,
+                                   scheduler_state=getattr(obs, "scheduler_state", None)
+                                   or rec.scheduler_state))
     if changed:
         store.update(manifest.run, *changed)
     return StatusReport(manifest.run, views, healths)

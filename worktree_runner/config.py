@@ -33,7 +33,7 @@ HOST_KEYS = {
                       "strict_host_key", "connect_timeout", "command_timeout", "setup"}),
     "slurm": frozenset({"type", "via", "root", "partition", "gres", "gpus", "cpus", "mem",
                         "time", "account", "qos", "sbatch_args", "signal", "requeue", "python",
-                        "env", "array"}),
+                        "env", "array", "generate_tasks"}),
 }
 BRANCH_KEYS = frozenset({"branch", "vars", "command", "host", "env", "slurm"})
 SLURM_OVERRIDE_KEYS = frozenset({"partition", "gres", "gpus", "cpus", "mem", "time", "account",
@@ -239,7 +239,9 @@ def _parse_hosts(p: _Parser, raw: Any) -> dict[str, HostConfig]:
             raise ConfigError(f"{p.path}: {key}.type: '{kind}' is not a host type",
                               "use type: local, ssh or slurm")
         p.no_unknown(spec, HOST_KEYS[kind], key)
-        gpus = tuple(str(g) for g in p.sequence(spec.get("gpus", []), f"{key}.gpus"))
+        # A slurm host's gpus: is an sbatch --gpus value (validated in slurm.py), not a list.
+        gpus = () if kind == "slurm" else tuple(
+            str(g) for g in p.sequence(spec.get("gpus", []), f"{key}.gpus"))
         slots = spec.get("slots")
         if slots is not None and (not isinstance(slots, int) or slots < 1):
             raise ConfigError(f"{p.path}: {key}.slots must be a positive integer",
@@ -269,7 +271,7 @@ def _parse_hosts(p: _Parser, raw: Any) -> dict[str, HostConfig]:
             fields["root"] = p.string(spec["root"], f"{key}.root")
             fields["python"] = p.string(spec.get("python", "python3"), f"{key}.python")
             fields["slurm"] = {k: spec[k] for k in spec
-                               if k not in ("type", "via", "root", "python", "env", "gpus")}
+                               if k not in ("type", "via", "root", "python", "env")}
         hosts[str(name)] = HostConfig(**fields)
     return hosts
 

@@ -388,13 +388,16 @@ wt_prep() {
   fi
   printf '%s' "$3" > "$d/cmd.sh"
 }
+E=$(mktemp) || exit 91
+trap 'rm -f "$E"' EXIT
 wt_sub() {
   i=$1
   shift
-  if out=$(sbatch "$@" 2>&1 </dev/null); then
+  if out=$(sbatch "$@" 2>"$E" </dev/null) && [ -n "$out" ]; then
+    out=$(printf '%s\n' "$out" | tail -n 1)
     echo "submitted $i ${out%%;*}"
   else
-    echo "error $i sbatch:" $out
+    echo "error $i sbatch:" $(cat "$E")
   fi
 }
 """
@@ -510,7 +513,8 @@ def _file_blocks(output: str, count: int) -> list[dict[str, list[str]]]:
         if key == "@":
             current = blocks[int(rest)]
         elif current is not None:
-            current[key] = rest.split()
+            # progress stays one JSON text, as the wrapper-file state machine expects
+            current[key] = rest if key == "progress" else rest.split()  # type: ignore[assignment]
     return blocks
 
 
@@ -590,24 +594,27 @@ wt_mark() {
 """
 
 
+_CANCEL_WAIT = r"""
+[ -n "$J" ] || exit 0
+squeue -h -r --states=all -j "$J" -o 'was %i %T' 2>/dev/null
+scancel "$J" || exit 5
+i=0
+while [ "$i" -lt TICKS ]; do
+  left=$(squeue -h -r -t RUNNING,COMPLETING,SIGNALING,STAGE_OUT -j "$J" -o %i 2>/dev/null)
+  [ -z "$left" ] && break
+  sleep 0.2
+  i=$((i+1))
+done
+"""
+
+
 def cancel_script(records: Sequence[WorkerRecord], grace: float) -> str:
     """Stop markers first (a job that starts now sees one and ends at once), then scancel,
     then wait up to the grace period for the jobs to leave the running states."""
     parts = ["J=", _CANCEL_FN]
     for i, rec in enumerate(records):
         parts.append(f"wt_mark {q(rec.worker_dir)} {i} {q(rec.job_id or '')}")
-    parts.append(r"""
-[ -n "$J" ] || exit 0
-squeue -h -r --states=all -j "$J" -o 'was %i %T' 2>/dev/null
-scancel "$J" || exit 5
-i=0
-while [ "$i" -lt %d ]; do
-  left=$(squeue -h -r -t RUNNING,COMPLETING,SIGNALING,STAGE_OUT -j "$J" -o %%i 2>/dev/null)
-  [ -z "$left" ] && break
-  sleep 0.2
-  i=$((i+1))
-done
-""" % max(1, int(grace * 5)))
+    parts.append(_CANCEL_WAIT.replace("TICKS", str(max(1, int(grace * 5)))))
     return "\n".join(parts) + "\n"
 
 

@@ -414,6 +414,34 @@ class SSHHost(Host):
             raise HostUnreachable(self.name, f"download of {remote} failed: {_describe(exc)}",
                                   "check that the file exists on the host") from None
 
+    def sftp(self) -> SFTPClient:
+        """The host's SFTP session (shared, kept open with the connection)."""
+        return self._sftp_client()
+
+    def ssh_argv(self) -> list[str]:
+        """The OpenSSH client command that reaches this host as Fabric does (same ssh config,
+        port, user, key, known_hosts, strictness, timeout), ending with the destination: for
+        `rsync -e` (all but the last item) and other OpenSSH tools."""
+        conn = self._build_connection()  # resolves the ssh config; does not connect
+        argv = ["ssh"]
+        if self._ssh_config:
+            argv += ["-F", self._ssh_config]
+        argv += ["-p", str(conn.port), "-l", conn.user]
+        if self.hc.key:
+            argv += ["-i", os.path.expanduser(self.hc.key), "-o", "IdentitiesOnly=yes"]
+        if self.hc.strict_host_key:
+            known = [f for f in _known_hosts_files(conn.ssh_config) if os.path.isfile(f)]
+            if known:
+                argv += ["-o", "UserKnownHostsFile=" + " ".join(known)]
+            argv += ["-o", "StrictHostKeyChecking=yes"]
+        else:
+            argv += ["-o", "StrictHostKeyChecking=no"]
+        timeout = max(1, int(round(float(self.hc.connect_timeout or 10))))
+        argv += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout}"]
+        # The alias as written (not the resolved HostName), so OpenSSH applies the same
+        # ssh config entry itself, ProxyJump included.
+        return [*argv, conn.original_host]
+
     def close(self) -> None:
         if self._pooled:
             return  # the per-process pool closes it at exit

@@ -1,0 +1,758 @@
+"""`collect`: pull each worker's outputs, logs and metadata back to this machine, verified,
+incrementally and resumably, from local and SSH hosts.
+
+Layout of what is collected (`results/` in the repository unless `--dest`)::
+
+    results/<run>/<name>/
+      worker.json          the WorkerRecord as JSON, plus the observed state and a collect summary
+      log                  the worker's stdout+stderr (latest attempt)
+      attempts/<n>/log     logs of earlier attempts
+      out/...              the worker's $WT_RUN_OUT: metrics.jsonl, metrics.json, progress.json,
+                           checkpoints, TensorBoard event files...
+      worktree/...         files matching `collect:` globs, at their worktree-relative paths
+      .collect/            bookkeeping: index.json (verified sha256 of every file collected),
+                           incoming/ (staging: partial and unverified copies)
+
+How a worker is collected:
+1. One round trip per host lists every candidate file of every worker (path, size, mtime,
+   sha256; see `collect_lister.py`) and says why anything else was skipped or refused.
+2. A file whose local copy already has that sha256 is left alone (a local index keyed by
+   inode, size, mtime and ctime avoids re-hashing), so an unchanged collect moves no data.
+3. Other files are copied into `.collect/incoming/` (rsync over the host's SSH settings when
+   both ends have rsync; SFTP otherwise; a plain copy on this machine). Copies resume: rsync
+   keeps partial files in a partial dir, the stream copy appends to what is there.
+4. Each copy is checked: same size and mtime as listed (otherwise the file changed during the
+   collect and is skipped until next time) and the same sha256 (otherwise: an error, retried
+   once). Only then is it renamed to its final path, so a partial file never appears there.
+5. A worker whose files all verified, and that has ended, is marked collected in the manifest.
+
+Files removed on the host after an earlier collect are kept here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any
+
+from .config import Config
+from .errors import HostUnreachable, WtRunError
+from .hosts import Host, LocalHost, open_host
+from .runs import RunStore, WorkerRecord, atomic_write_text
+from .workers import Observation, WorkerState, query_workers
+
+CHUNK = 1 << 20
+SETTLE_S = 2.0
+WORKER_PATTERNS = ("log", "attempts/*/log", "out/**")
+BOOKKEEPING = ".collect"
+TRANSPORTS = ("auto", "rsync", "sftp", "copy")
+# Lets a user (or a test) force the SFTP path on a host that has rsync.
+TRANSPORT_ENV = "WT_RUN_COLLECT_TRANSPORT"
+
+
+# ---------------------------------------------------------------- typed results
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A candidate file as listed on the host."""
+
+    root: str  # "worker" (the worker dir) or "worktree"
+    rel: str
+    size: int
+    mtime_ns: int
+    sha256: str
+
+    @property
+    def local_rel(self) -> str:
+        return self.rel if self.root == "worker" else f"worktree/{self.rel}"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class WorkerListing:
+    files: tuple[RemoteFile, ...]
+    skipped: tuple[Skipped, ...]
+
+
+@dataclass(frozen=True)
+class WorkerCollect:
+    """The outcome of collecting one worker."""
+
+    name: str
+    host: str
+    state: str
+    dest: Path
+    transport: str = ""
+    files: int = 0  # files now verified locally
+    bytes: int = 0
+    transferred_files: int = 0
+    transferred_bytes: int = 0  # file data copied this time (rsync: literal data sent)
+    skipped: tuple[Skipped, ...] = ()
+    errors: tuple[str, ...] = ()
+    marked: bool = False  # marked collected in the manifest
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["dest"] = str(self.dest)
+        data["skipped"] = [asdict(s) for s in self.skipped]
+        data["errors"] = list(self.errors)
+        return data
+
+
+@dataclass(frozen=True)
+class CollectReport:
+    run: str
+    dest: Path
+    workers: tuple[WorkerCollect, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(w.ok for w in self.workers)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run": self.run, "dest": str(self.dest),
+                "workers": [w.to_json() for w in self.workers]}
+
+
+class CollectObserver:
+    """Receives progress as files move (the CLI draws a progress bar from it). Methods may be
+    called from one thread per host."""
+
+    def listed(self, name: str, host: Host, listing: WorkerListing) -> None:
+        """After a worker's files were listed, before anything is copied."""
+
+    def planned(self, files: int, nbytes: int) -> None:
+        """More files and bytes to transfer."""
+
+    def advance(self, nbytes: int) -> None:
+        """File data arrived."""
+
+    def file_done(self) -> None:
+        """One file transferred and verified."""
+
+
+# ---------------------------------------------------------------- listing on the host
+
+def lister_source() -> str:
+    return (Path(__file__).with_name("collect_lister.py")).read_text(encoding="utf-8")
+
+
+def python_for(config: Config, host: Host) -> str:
+    if isinstance(host, LocalHost):
+        return sys.executable
+    return config.host(host.name).python if host.name in config.hosts else "python3"
+
+
+def listing_spec(records: Sequence[WorkerRecord], patterns: Sequence[str],
+                 running: Mapping[str, bool]) -> dict[str, Any]:
+    workers = []
+    for rec in records:
+        roots = [{"key": "worker", "path": rec.worker_dir, "patterns": list(WORKER_PATTERNS)}]
+        if rec.worktree and patterns:
+            roots.append({"key": "worktree", "path": rec.worktree, "patterns": list(patterns)})
+        workers.append({"id": rec.name, "roots": roots, "running": running[rec.name],
+                        "cache": f"{rec.worker_dir}/.collect-sums.json"})
+    return {"workers": workers, "settle_s": SETTLE_S}
+
+
+def listing_script(python: str, spec: Mapping[str, Any]) -> str:
+    """A sh script that runs the lister with the host's python, the code on a quoted heredoc
+    (nothing in it is expanded) and the spec as one quoted argument."""
+    source = lister_source()
+    marker = "WT_RUN_COLLECT_LISTER_EOF"
+    assert marker not in source
+    return (f"command -v {shlex.quote(python)} >/dev/null 2>&1 || "
+            f"{{ echo 'python not found: {python}' >&2; exit 127; }}\n"
+            f"exec {shlex.quote(python)} - {shlex.quote(json.dumps(spec))} <<'{marker}'\n"
+            f"{source}\n{marker}\n")
+
+
+@dataclass(frozen=True)
+class HostListing:
+    now: float
+    has_rsync: bool
+    workers: dict[str, WorkerListing]
+
+
+def list_host(config: Config, host: Host, records: Sequence[WorkerRecord],
+              running: Mapping[str, bool]) -> HostListing:
+    """One round trip: every candidate file of every given worker on this host."""
+    spec = listing_spec(records, config.collect, running)
+    result = host.run_script(listing_script(python_for(config, host), spec),
+                             timeout=_command_timeout(config, host))
+    if result.exit_code == 127:
+        raise WtRunError(f"host {host.name}: {result.stderr.strip()}",
+                         f"install python3 there or set hosts.{host.name}.python")
+    raw = json.loads(result.check().stdout)
+    listings = {}
+    for name, data in raw["workers"].items():
+        files = tuple(RemoteFile(str(k), str(r), int(s), int(m), str(h))
+                      for k, r, s, m, h in data["files"])
+        skipped = tuple(Skipped(f"{k}:{r}" if k != "worker" else r, why)
+                        for k, r, why in data["skipped"])
+        listings[name] = WorkerListing(files, skipped)
+    return HostListing(float(raw["now"]), bool(raw["rsync"]), listings)
+
+
+def _command_timeout(config: Config, host: Host) -> float | None:
+    if host.name in config.hosts and config.host(host.name).type == "ssh":
+        # Hashing gigabytes of checkpoints the first time takes a while.
+        return max(config.host(host.name).command_timeout, 3600.0)
+    return None
+
+
+# ---------------------------------------------------------------- local paths and index
+
+def safe_rel(rel: str) -> str | None:
+    """Why a host-supplied relative path may not be written locally, or None. The host is not
+    trusted: the lister already refuses these, this is the check that matters."""
+    if not rel or rel.startswith("/") or "\\" in rel:
+        return "not a plain relative path"
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return "path contains empty, . or .. components"
+    if re.search(r"[\x00-\x1f\x7f]", rel):
+        return "name has control characters"
+    if parts[0] == BOOKKEEPING or rel in ("worker.json",):
+        return "name is reserved for wt-run's own files"
+    return None
+
+
+def inside(base: Path, path: Path) -> bool:
+    """True when `path`, with every symlink resolved, lies under `base`."""
+    real_base = os.path.realpath(base)
+    real = os.path.realpath(path)
+    return real.startswith(real_base + os.sep)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class LocalIndex:
+    """sha256 of every file already collected for a worker, keyed by what stat says, so that
+    an unchanged multi-GB checkpoint is not read again; any change to the file (its ctime)
+    makes it hashed again."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.entries: dict[str, list[Any]] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self.entries = {}
+        self.dirty = False
+
+    @staticmethod
+    def ident(st: os.stat_result) -> list[int]:
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+    def sha256(self, rel: str, path: Path, size: int) -> str | None:
+        """The file's sha256, or None when it is missing, not a plain file or not `size`."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if not os.path.isfile(path) or os.path.islink(path) or st.st_size != size:
+            return None
+        hit = self.entries.get(rel)
+        if hit and hit[:4] == self.ident(st):
+            return str(hit[4])
+        digest = sha256_file(path)
+        self.record(rel, path, digest)
+        return digest
+
+    def record(self, rel: str, path: Path, digest: str) -> None:
+        self.entries[rel] = [*self.ident(os.lstat(path)), digest]
+        self.dirty = True
+
+    def save(self) -> None:
+        if self.dirty:
+            atomic_write_text(self.path, json.dumps(self.entries, sort_keys=True))
+            self.dirty = False
+
+
+# ---------------------------------------------------------------- transports
+
+@dataclass
+class TransferResult:
+    files: int = 0
+    bytes: int = 0
+
+
+class Transport(ABC):
+    """Copies listed files from one root on a host into a local staging directory, resuming
+    what an interrupted collect left there."""
+
+    name: str
+
+    @abstractmethod
+    def fetch(self, root: str, rels: Sequence[str], staging: Path, sizes: Mapping[str, int],
+              observer: CollectObserver) -> TransferResult: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+class StreamTransport(Transport):
+    """Reads each file through `open_source` (a local file, or an SFTP file) and appends to the
+    staged copy from where it stopped; the copy gets the source's mtime as seen after reading,
+    so a file that changed meanwhile fails verification instead of looking whole."""
+
+    def __init__(self, name: str, open_source: Callable[[str], Any],
+                 stat_source: Callable[[Any], tuple[int, int]]) -> None:
+        self.name = name
+        self._open = open_source
+        self._stat = stat_source
+
+    def fetch(self, root: str, rels: Sequence[str], staging: Path, sizes: Mapping[str, int],
+              observer: CollectObserver) -> TransferResult:
+        result = TransferResult()
+        for rel in rels:
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            have = target.stat().st_size if target.is_file() else 0
+            if have > sizes[rel]:
+                target.unlink()
+                have = 0
+            moved = self._copy(f"{root}/{rel}", target, have, sizes[rel], observer)
+            result.bytes += moved
+            if moved or sizes[rel] == 0:
+                result.files += 1
+                observer.file_done()
+        return result
+
+    def _copy(self, source: str, target: Path, offset: int, size: int,
+              observer: CollectObserver) -> int:
+        moved = 0
+        with contextlib.closing(self._open(source)) as src:
+            if offset < size:
+                src.seek(offset)
+                prefetch = getattr(src, "prefetch", None)
+                if prefetch is not None:
+                    prefetch(size)
+                with open(target, "ab") as dst:
+                    while True:
+                        chunk = src.read(CHUNK)
+                        if not chunk:
+                            break
+                        dst.write(chunk)
+                        moved += len(chunk)
+                        observer.advance(len(chunk))
+            _, mtime_ns = self._stat(src)
+        os.utime(target, ns=(mtime_ns, mtime_ns))
+        return moved
+
+
+def local_transport() -> StreamTransport:
+    def stat(fh: IO[bytes]) -> tuple[int, int]:
+        st = os.fstat(fh.fileno())
+        return st.st_size, st.st_mtime_ns
+
+    return StreamTransport("copy", lambda p: open(p, "rb"), stat)
+
+
+def sftp_transport(sftp: Any) -> StreamTransport:
+    def open_remote(path: str) -> Any:
+        fh = sftp.open(path, "rb")
+        fh.set_pipelined(True)
+        return fh
+
+    def stat(fh: Any) -> tuple[int, int]:
+        st = fh.stat()
+        # SFTP carries whole seconds only; verification compares at that precision.
+        return int(st.st_size), int(st.st_mtime) * 1_000_000_000
+
+    return StreamTransport("sftp", open_remote, stat)
+
+
+_PROGRESS2 = re.compile(rb"^\s*([\d,]+)\s+\d+%.*?(?:xfr#(\d+))?")
+_LITERAL = re.compile(r"^Literal data: ([\d,]+)", re.MULTILINE)
+_XFERRED = re.compile(r"^Number of regular files transferred: ([\d,]+)", re.MULTILINE)
+
+
+class RsyncTransport(Transport):
+    """rsync over the host's own OpenSSH settings (`ssh -e`): delta transfer, partial files
+    kept in a partial dir so an interrupted collect resumes; symlinks are never copied."""
+
+    name = "rsync"
+
+    def __init__(self, ssh_argv: Sequence[str], destination: str) -> None:
+        self.ssh_command = " ".join(_rsync_quote(a) for a in ssh_argv)
+        self.destination = destination
+
+    def argv(self, root: str, staging: Path) -> list[str]:
+        return ["rsync", "--times", "--protect-args", "--from0", "--files-from=-",
+                "--partial-dir=.rsync-partial", "--no-motd", "--info=progress2", "--stats",
+                "-e", self.ssh_command, f"{self.destination}:{root.rstrip('/')}/",
+                f"{staging}/"]
+
+    def fetch(self, root: str, rels: Sequence[str], staging: Path, sizes: Mapping[str, int],
+              observer: CollectObserver) -> TransferResult:
+        staging.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(self.argv(root, staging), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdin and proc.stdout and proc.stderr
+        try:
+            proc.stdin.write(b"".join(r.encode() + b"\0" for r in rels))
+            proc.stdin.close()
+            out = self._follow(proc.stdout, observer)
+            err = proc.stderr.read().decode(errors="replace")
+            code = proc.wait()
+        except BaseException:
+            # TERM, not KILL: rsync moves what it has into the partial dir for the next run.
+            proc.terminate()
+            proc.wait()
+            raise
+        if code not in (0, 23, 24):
+            raise WtRunError(f"rsync from {self.destination}:{root} exited {code}: "
+                             f"{' | '.join(err.strip().splitlines()[-3:])}",
+                             "check the host's disk and permissions, then collect again")
+        literal = _LITERAL.search(out)
+        count = _XFERRED.search(out)
+        return TransferResult(int(count.group(1).replace(",", "")) if count else 0,
+                              int(literal.group(1).replace(",", "")) if literal else 0)
+
+    @staticmethod
+    def _follow(stream: IO[bytes], observer: CollectObserver) -> str:
+        """Turn --info=progress2 lines into progress events; return the rest (the stats)."""
+        seen_bytes = 0
+        seen_files = 0
+        tail: list[bytes] = []
+        buf = b""
+        while True:
+            chunk = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = re.split(rb"[\r\n]", buf)
+            for line in lines:
+                m = _PROGRESS2.match(line)
+                if not m:
+                    tail.append(line)
+                    continue
+                done = int(m.group(1).replace(b",", b""))
+                if done > seen_bytes:
+                    observer.advance(done - seen_bytes)
+                    seen_bytes = done
+                files = int(m.group(2)) if m.group(2) else seen_files
+                for _ in range(files - seen_files):
+                    observer.file_done()
+                seen_files = max(seen_files, files)
+        tail.append(buf)
+        return b"\n".join(tail).decode(errors="replace")
+
+
+def _rsync_quote(arg: str) -> str:
+    # rsync splits -e on spaces and honours single and double quotes (no backslashes).
+    if arg and not re.search(r"[\s'\"]", arg):
+        return arg
+    if "'" not in arg:
+        return f"'{arg}'"
+    return f'"{arg}"'
+
+
+def choose_transport(host: Host, has_remote_rsync: bool, wanted: str) -> Transport:
+    """copy for this machine; rsync when both ends have it and the host can say how OpenSSH
+    reaches it (`ssh_argv()`, destination last); SFTP otherwise."""
+    if isinstance(host, LocalHost):
+        return local_transport()
+    ssh_argv = getattr(host, "ssh_argv", None)
+    can_rsync = has_remote_rsync and shutil.which("rsync") is not None and callable(ssh_argv)
+    if wanted == "rsync" and not can_rsync:
+        raise WtRunError(f"host {host.name}: rsync is not available at both ends",
+                         f"install rsync on both machines, or set {TRANSPORT_ENV}=sftp")
+    if can_rsync and wanted in ("auto", "rsync"):
+        argv = ssh_argv()  # type: ignore[misc]
+        return RsyncTransport(argv[:-1], argv[-1])
+    sftp = getattr(host, "sftp", None)
+    if callable(sftp):
+        return sftp_transport(sftp())
+    raise WtRunError(f"host {host.name}: no way to copy files from it (no rsync, no SFTP)",
+                     "install rsync on both machines or enable sshd's sftp subsystem")
+
+
+# ---------------------------------------------------------------- one worker
+
+@dataclass
+class WorkerPlan:
+    rec: WorkerRecord
+    dest: Path
+    listing: WorkerListing
+    state: str
+    running: bool
+    index: LocalIndex
+    fetch: list[RemoteFile] = field(default_factory=list)
+    present: list[RemoteFile] = field(default_factory=list)
+    refused: list[Skipped] = field(default_factory=list)
+
+    @property
+    def staging(self) -> Path:
+        return self.dest / BOOKKEEPING / "incoming"
+
+
+def plan_worker(rec: WorkerRecord, dest: Path, listing: WorkerListing, state: str,
+                running: bool) -> WorkerPlan:
+    """Decide, for every listed file, whether its verified copy is already here."""
+    dest.mkdir(parents=True, exist_ok=True)
+    index = LocalIndex(dest / BOOKKEEPING / "index.json")
+    plan = WorkerPlan(rec, dest, listing, state, running, index)
+    for f in listing.files:
+        problem = safe_rel(f.rel)
+        target = dest / f.local_rel
+        if problem is None and not inside(dest, target.parent / "x"):
+            problem = "its local directory resolves outside the results directory"
+        if problem:
+            plan.refused.append(Skipped(f.local_rel, f"refused: {problem}"))
+            continue
+        if index.sha256(f.local_rel, target, f.size) == f.sha256:
+            plan.present.append(f)
+        else:
+            plan.fetch.append(f)
+    return plan
+
+
+def transfer_worker(plan: WorkerPlan, transport: Transport, observer: CollectObserver
+                    ) -> tuple[TransferResult, list[str], list[Skipped]]:
+    """Copy what is missing into staging, verify, move into place. Returns what moved, the
+    errors and the files skipped because they changed during the copy."""
+    total = TransferResult()
+    errors: list[str] = []
+    changed: list[Skipped] = []
+    pending = list(plan.fetch)
+    for attempt in (1, 2):
+        if not pending:
+            break
+        observer.planned(len(pending), sum(f.size for f in pending))
+        for root, files in _by_root(pending):
+            src_root = plan.rec.worker_dir if root == "worker" else plan.rec.worktree
+            staging = plan.staging / root
+            moved = transport.fetch(src_root, [f.rel for f in files], staging,
+                                    {f.rel: f.size for f in files}, observer)
+            total.files += moved.files
+            total.bytes += moved.bytes
+        retry = []
+        for f in pending:
+            verdict = _verify_and_place(plan, f)
+            if verdict == "ok":
+                pass
+            elif verdict == "changed":
+                changed.append(Skipped(f.local_rel, "changed during the collect (still being "
+                                                    "written?); collect again later"))
+            elif attempt == 1:
+                retry.append(f)  # a stale partial or a bad copy: once more from scratch
+            else:
+                errors.append(f"{f.local_rel}: {verdict}")
+        pending = retry
+    plan.index.save()
+    return total, errors, changed
+
+
+def _by_root(files: Iterable[RemoteFile]) -> Iterator[tuple[str, list[RemoteFile]]]:
+    groups: dict[str, list[RemoteFile]] = {}
+    for f in files:
+        groups.setdefault(f.root, []).append(f)
+    yield from groups.items()
+
+
+def _verify_and_place(plan: WorkerPlan, f: RemoteFile) -> str:
+    staged = plan.staging / f.root / f.rel
+    if not inside(plan.staging, staged) or os.path.islink(staged):
+        return "refused: staged copy is not a plain file inside the staging directory"
+    try:
+        st = staged.stat()
+    except FileNotFoundError:
+        return "was not transferred"
+    if st.st_size != f.size or not _same_mtime(st.st_mtime_ns, f.mtime_ns):
+        return "changed"
+    digest = sha256_file(staged)
+    if digest != f.sha256:
+        staged.unlink()
+        return (f"checksum mismatch: host sha256 {f.sha256[:16]}…, copy {digest[:16]}… "
+                "(copy discarded)")
+    target = plan.dest / f.local_rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not inside(plan.dest, target.parent / "x"):
+        return "refused: target directory resolves outside the results directory"
+    if target.is_symlink() or target.is_dir():
+        return "refused: a symlink or directory is in the way of the copy"
+    os.replace(staged, target)
+    plan.index.record(f.local_rel, target, digest)
+    return "ok"
+
+
+def _same_mtime(a_ns: int, b_ns: int) -> bool:
+    # SFTP reports whole seconds; everything else keeps nanoseconds.
+    return a_ns == b_ns or (a_ns % 1_000_000_000 == 0 and a_ns // 10**9 == b_ns // 10**9)
+
+
+def write_worker_json(run_id: str, plan: WorkerPlan, result: WorkerCollect,
+                      collected_at: float | None) -> None:
+    rec = replace(plan.rec, collected_at=collected_at or plan.rec.collected_at)
+    data = asdict(rec)
+    data["log"] = rec.log
+    data["out"] = rec.out
+    data["observed_state"] = plan.state
+    data["run"] = run_id
+    data["collect"] = {k: v for k, v in result.to_json().items() if k not in ("dest",)}
+    atomic_write_text(plan.dest / "worker.json", json.dumps(data, indent=1, sort_keys=True)
+                      + "\n", mode=0o644)
+
+
+# ---------------------------------------------------------------- the run
+
+def collect(config: Config, *, run: str | None = None, dest: Path | None = None,
+            names: Sequence[str] = (), transport: str | None = None,
+            observer: CollectObserver | None = None) -> CollectReport:
+    """Collect every worker (or `names`) of a run from all its hosts, hosts in parallel."""
+    from .api import observe_host, parallel_map
+
+    observer = observer or CollectObserver()
+    wanted = (transport or os.environ.get(TRANSPORT_ENV) or "auto").lower()
+    if wanted not in TRANSPORTS:
+        raise WtRunError(f"unknown collect transport '{wanted}'",
+                         f"set {TRANSPORT_ENV} to one of {', '.join(TRANSPORTS)}")
+    store = RunStore(config.state_dir)
+    run_id = store.resolve(run)
+    manifest = store.load(run_id)
+    unknown = [n for n in names if n not in manifest.workers]
+    if unknown:
+        raise WtRunError(f"run {run_id} has no worker '{unknown[0]}'",
+                         f"pick one of: {', '.join(manifest.workers) or '(none)'}")
+    records = [manifest.workers[n] for n in (names or manifest.workers)]
+    root = (dest or config.repo / "results").expanduser().resolve() / run_id
+    by_host: dict[str, list[WorkerRecord]] = {}
+    for rec in records:
+        by_host.setdefault(rec.host, []).append(rec)
+
+    def one_host(host_name: str) -> list[WorkerCollect]:
+        recs = by_host[host_name]
+        try:
+            return _collect_host(config, store, run_id, host_name, recs, root, wanted,
+                                 observer, observe_host)
+        except (HostUnreachable, WtRunError) as exc:
+            return [WorkerCollect(r.name, host_name, r.state or "unknown", root / r.name,
+                                  errors=(str(exc),)) for r in recs]
+
+    results = [w for chunk in parallel_map(one_host, list(by_host)) for w in chunk]
+    order = {r.name: i for i, r in enumerate(records)}
+    return CollectReport(run_id, root, tuple(sorted(results, key=lambda w: order[w.name])))
+
+
+def _collect_host(config: Config, store: RunStore, run_id: str, host_name: str,
+                  recs: Sequence[WorkerRecord], root: Path, wanted: str,
+                  observer: CollectObserver, observe_host: Callable[..., Any]
+                  ) -> list[WorkerCollect]:
+    hc = config.host(host_name)
+    with open_host(config, host_name) as host:
+        states = _states(config, host, hc.type, recs, observe_host)
+        running = {r.name: not WorkerState(states[r.name]).terminal for r in recs}
+        listing = list_host(config, host, recs, running)
+        transport: Transport | None = None
+        out: list[WorkerCollect] = []
+        try:
+            for rec in recs:
+                wl = listing.workers[rec.name]
+                observer.listed(rec.name, host, wl)
+                plan = plan_worker(rec, root / rec.name, wl, states[rec.name],
+                                   running[rec.name])
+                if plan.fetch and transport is None:
+                    transport = _transport_for(host, listing.has_rsync, wanted)
+                out.append(_finish_worker(store, run_id, plan, transport, observer))
+        finally:
+            if transport is not None:
+                transport.close()
+        return out
+
+
+def _transport_for(host: Host, has_rsync: bool, wanted: str) -> Transport:
+    if wanted == "copy" and not isinstance(host, LocalHost):
+        raise WtRunError(f"host {host.name} is not this machine: cannot copy directly",
+                         f"use {TRANSPORT_ENV}=auto, rsync or sftp")
+    return choose_transport(host, has_rsync, wanted)
+
+
+def _states(config: Config, host: Host, host_type: str, recs: Sequence[WorkerRecord],
+            observe_host: Callable[..., Any]) -> dict[str, str]:
+    """Each worker's state now: the cached terminal state, else one status round trip."""
+    states = {r.name: r.state for r in recs if r.state is not None}
+    live = [r for r in recs if r.state is None]
+    if live:
+        if host_type == "slurm":
+            _, observations = observe_host(config, host.name, live)
+        else:
+            _, observations = query_workers(host, [r.worker_dir for r in live])
+        for r, obs in zip(live, observations):
+            states[r.name] = _state_value(obs)
+    return {n: str(s) for n, s in states.items()}
+
+
+def _state_value(obs: Observation) -> str:
+    return obs.state.value
+
+
+def _finish_worker(store: RunStore, run_id: str, plan: WorkerPlan, transport: Transport | None,
+                   observer: CollectObserver) -> WorkerCollect:
+    moved, errors, changed = TransferResult(), [], []
+    if plan.fetch:
+        assert transport is not None
+        try:
+            moved, errors, changed = transfer_worker(plan, transport, observer)
+        except WtRunError as exc:
+            errors = [str(exc)]
+    else:
+        plan.index.save()
+    skipped = (*plan.listing.skipped, *plan.refused, *changed)
+    verified = [f for f in plan.listing.files
+                if plan.index.entries.get(f.local_rel, [None] * 5)[4] == f.sha256]
+    done = (not errors and not plan.running and not changed and len(verified)
+            == len(plan.listing.files) - len(plan.refused))
+    collected_at = time.time() if done else None
+    result = WorkerCollect(
+        plan.rec.name, plan.rec.host, plan.state, plan.dest,
+        transport.name if transport is not None else "none",
+        len(verified), sum(f.size for f in verified), moved.files, moved.bytes,
+        tuple(skipped), tuple(errors), done)
+    write_worker_json(run_id, plan, result, collected_at)
+    if done:
+        current = store.load(run_id).workers.get(plan.rec.name, plan.rec)
+        store.update(run_id, replace(current, collected_at=collected_at))
+        shutil.rmtree(plan.staging, ignore_errors=True)
+    return result
+
+
+# ---------------------------------------------------------------- CLI glue
+
+def collect_command(config: Config, *, run: str | None, dest: Path | None) -> int:
+    """`wt-run collect`: collect with a progress bar, print a summary per worker; exit 1 when
+    any worker had an error."""
+    from .display_collect import RichCollectProgress, print_collect
+
+    with RichCollectProgress() as progress:
+        report = collect(config, run=run, dest=dest, observer=progress)
+    print_collect(report)
+    return 0 if report.ok else 1

@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.trajectory_video.config import DataConfig  # noqa: E402
-from experiments.trajectory_video.dataset import write_shard  # noqa: E402
-from experiments.trajectory_video.generate import generate, render_shard  # noqa: E402
+from experiments.trajectory_video.config import DataConfig
+from experiments.trajectory_video.dataset import write_shard
+from experiments.trajectory_video.generate import generate, render_shard
 
 
 def fill_rate(cfg: DataConfig, root: Path | None) -> float:
@@ -50,7 +50,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--samples", type=int, default=0,
-                        help="samples per run (default: ~600 MB of video per run)")
+                        help="samples per run (default: ~1.2 GB of video per run)")
     parser.add_argument("--shard-size", type=int, default=64)
     parser.add_argument("--dir", default="/dev/shm" if Path("/dev/shm").is_dir() else None,
                         help="scratch directory (default: /dev/shm, so the numbers measure "
@@ -66,7 +66,8 @@ def main() -> int:
     try:
         for size in args.sizes:
             per_sample = 4 * 32 * 3 * size * size
-            samples = args.samples or max(args.shard_size * 2, (600 << 20) // per_sample // args.shard_size * args.shard_size)
+            budget = (1200 << 20) // per_sample // args.shard_size * args.shard_size
+            samples = args.samples or max(args.shard_size * 2, budget)
             cfg = DataConfig(samples=samples, frames=32, size=size, cameras=4, channels=3,
                              seed=0, shard_size=args.shard_size)
             mem = fill_rate(cfg, None)

@@ -546,7 +546,9 @@ def stop(config: Config, names: Sequence[str], *, run: str | None = None, all_: 
 # ---------------------------------------------------------------- logs
 
 def logs(config: Config, name: str, *, run: str | None = None, follow: bool = False,
-         lines: int = 50, out: TextIO = sys.stdout) -> int:
+         lines: int = 50, out: TextIO | None = None) -> int:
+    # Resolved at call time: a default of sys.stdout would pin the stream seen at import.
+    out = out or sys.stdout
     store = RunStore(config.state_dir)
     run_id = store.resolve(run)
     manifest = store.load(run_id)

@@ -222,7 +222,9 @@ def open_slurm_host(config: Config, hc: HostConfig) -> Host:
     worktrees, worker dirs and the wrapper live there, and Slurm commands run there."""
     root = hc.root
     if hc.via == "local":
-        return LocalHost(hc.name, Path(os.path.expanduser(root)))
+        # Relative roots are relative to the config file, like every path in it.
+        path = os.path.normpath(config.path.parent / os.path.expanduser(root))
+        return LocalHost(hc.name, Path(path))
     via = config.host(hc.via)
     if via.type != "ssh":
         raise ConfigError(f"{config.path}: hosts.{hc.name}.via: '{hc.via}' is a {via.type} host",

@@ -436,7 +436,7 @@ class SSHHost(Host):
             argv += ["-o", "StrictHostKeyChecking=yes"]
         else:
             argv += ["-o", "StrictHostKeyChecking=no"]
-        timeout = max(1, int(round(float(self.hc.connect_timeout or 10))))
+        timeout = max(1, round(float(self.hc.connect_timeout or 10)))
         argv += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout}"]
         # The alias as written (not the resolved HostName), so OpenSSH applies the same
         # ssh config entry itself, ProxyJump included.

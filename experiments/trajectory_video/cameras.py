@@ -27,15 +27,23 @@ class CameraSet:
     extrinsics: np.ndarray
 
 
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # np.cross spends most of its time in axis bookkeeping for these tiny arrays.
+    ax, ay, az = a[..., 0], a[..., 1], a[..., 2]
+    bx, by, bz = b[..., 0], b[..., 1], b[..., 2]
+    return np.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], axis=-1)
+
+
 def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
     """World-to-camera ``[R | t]`` (``(..., 3, 4)``) for cameras at ``eye (..., 3)``."""
+    eye, target, up = np.broadcast_arrays(eye, target, up)
     forward = target - eye
-    forward = forward / np.linalg.norm(forward, axis=-1, keepdims=True)
-    right = np.cross(forward, up)
-    right = right / np.linalg.norm(right, axis=-1, keepdims=True)
-    down = np.cross(forward, right)
+    forward = forward / np.sqrt((forward**2).sum(-1, keepdims=True))
+    right = _cross(forward, up)
+    right = right / np.sqrt((right**2).sum(-1, keepdims=True))
+    down = _cross(forward, right)
     rot = np.stack([right, down, forward], axis=-2)
-    trans = -np.einsum("...ij,...j->...i", rot, eye)
+    trans = -(rot * eye[..., None, :]).sum(-1)
     return np.concatenate([rot, trans[..., None]], axis=-1)
 
 
@@ -54,20 +62,31 @@ def base_focal(size: int) -> float:
     return (size / 2.0) / np.tan(np.deg2rad(FOV_DEG) / 2.0)
 
 
-def sample_cameras(rng: np.random.Generator, cameras: int, size: int) -> CameraSet:
-    """``cameras`` jittered poses of the base rig (a few degrees, +-0.2 distance, 5% focal)."""
+def sample_camera_jitter(rng: np.random.Generator, cameras: int) -> np.ndarray:
+    """The random part of a sample's rig: ``(cameras, 4)`` values in [-1, 1]."""
     if not 1 <= cameras <= len(_BASE_AZIMUTH_DEG):
         raise ValueError(f"cameras must be in 1..{len(_BASE_AZIMUTH_DEG)}, got {cameras}")
-    jitter = rng.uniform(-1.0, 1.0, size=(cameras, 4))
-    az = np.deg2rad(np.asarray(_BASE_AZIMUTH_DEG[:cameras]) + 5.0 * jitter[:, 0])
-    el = np.deg2rad(np.asarray(_BASE_ELEVATION_DEG[:cameras]) + 3.0 * jitter[:, 1])
-    dist = DISTANCE + 0.2 * jitter[:, 2]
-    eye = dist[:, None] * np.stack(
+    return rng.uniform(-1.0, 1.0, size=(cameras, 4))
+
+
+def rig_from_jitter(jitter: np.ndarray, size: int) -> CameraSet:
+    """Cameras for jitter ``(..., V, 4)``: the base rig moved by a few degrees in azimuth
+    and elevation, +-0.2 in distance and +-5% in focal length. Vectorised over samples."""
+    cameras = jitter.shape[-2]
+    az = np.deg2rad(np.asarray(_BASE_AZIMUTH_DEG[:cameras]) + 5.0 * jitter[..., 0])
+    el = np.deg2rad(np.asarray(_BASE_ELEVATION_DEG[:cameras]) + 3.0 * jitter[..., 1])
+    dist = DISTANCE + 0.2 * jitter[..., 2]
+    eye = dist[..., None] * np.stack(
         [np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], axis=-1
     )
     extrinsics = look_at(eye, np.zeros(3), np.array([0.0, 0.0, 1.0]))
-    intrinsics = intrinsics_matrix(base_focal(size) * (1.0 + 0.05 * jitter[:, 3]), size)
+    intrinsics = intrinsics_matrix(base_focal(size) * (1.0 + 0.05 * jitter[..., 3]), size)
     return CameraSet(intrinsics.astype(np.float32), extrinsics.astype(np.float32))
+
+
+def sample_cameras(rng: np.random.Generator, cameras: int, size: int) -> CameraSet:
+    """One sample's ``cameras`` jittered poses of the base rig."""
+    return rig_from_jitter(sample_camera_jitter(rng, cameras), size)
 
 
 def project(

@@ -35,7 +35,6 @@ from experiments.trajectory_video.config import (
     load_yaml,
 )
 from experiments.trajectory_video.dataset import (
-    ARRAYS,
     DatasetError,
     read_settings,
     remove_stale_tmp,
@@ -59,20 +58,27 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(index,))))
 
 
-def sample_params(cfg: DataConfig, index: int) -> dict[str, np.ndarray | int]:
-    """Everything about sample ``index`` except its pixels."""
+def sample_draws(cfg: DataConfig, index: int) -> dict[str, np.ndarray | int]:
+    """The random draws of sample ``index``: trajectory, camera jitter, colour."""
     rng = sample_rng(cfg.seed, index)
     label = trajectories.label_for_index(index)
-    positions = trajectories.sample_trajectory(rng, label, cfg.frames)
-    cams = cameras.sample_cameras(rng, cfg.cameras, cfg.size)
-    colour = rng.uniform(0.4, 1.0, size=cfg.channels).astype(np.float32)
     return {
-        "positions": positions,
+        "positions": trajectories.sample_trajectory(rng, label, cfg.frames),
         "labels": label,
-        "intrinsics": cams.intrinsics,
-        "extrinsics": cams.extrinsics,
-        "colours": colour,
+        "jitter": cameras.sample_camera_jitter(rng, cfg.cameras),
+        "colours": rng.uniform(0.4, 1.0, size=cfg.channels).astype(np.float32),
     }
+
+
+def shard_params(cfg: DataConfig, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Everything about samples ``start..stop`` except pixels; camera geometry is computed
+    for all of them at once (elementwise, so identical to one at a time)."""
+    draws = [sample_draws(cfg, i) for i in range(start, stop)]
+    arrays = {name: np.stack([np.asarray(d[name]) for d in draws]) for name in draws[0]}
+    rig = cameras.rig_from_jitter(arrays.pop("jitter"), cfg.size)
+    arrays["labels"] = arrays["labels"].astype(np.int64)
+    arrays["intrinsics"], arrays["extrinsics"] = rig.intrinsics, rig.extrinsics
+    return arrays
 
 
 _BUFFERS: dict[tuple[int, ...], np.ndarray] = {}
@@ -92,11 +98,7 @@ def render_shard(cfg: DataConfig, index: int) -> dict[str, np.ndarray]:
     call: copy it to keep it."""
     start = index * cfg.shard_size
     stop = min(cfg.samples, start + cfg.shard_size)
-    params = [sample_params(cfg, i) for i in range(start, stop)]
-    arrays = {
-        name: np.stack([np.asarray(p[name]) for p in params]) for name in ARRAYS[1:]
-    }
-    arrays["labels"] = arrays["labels"].astype(np.int64)
+    arrays = shard_params(cfg, start, stop)
     n = stop - start
     shape = (n, cfg.cameras, cfg.frames, cfg.channels, cfg.size, cfg.size)
     video = _zeroed_buffer(shape)

@@ -63,7 +63,7 @@ class WorkerView:
             "ended_at": _iso(o.ended_at or r.ended_at),
             "worktree": r.worktree, "log": r.log, "out": r.out, "attempt": r.attempt,
             "command": r.command, "gpus": list(r.gpus), "job_id": r.job_id,
-            "scheduler_state": getattr(o, "scheduler_state", None) or r.scheduler_state,
+            "scheduler_state": getattr(o, "scheduler_state", r.scheduler_state),
             "reason": o.reason,
             "progress": progress,
         }
@@ -475,8 +475,8 @@ def _observe_manifest(config: Config, store: RunStore, manifest: RunManifest) ->
             changed.append(replace(rec, state=obs.state.value, exit_code=obs.exit_code,
                                    signal=obs.signal, pid=obs.pid, started_at=obs.started_at,
                                    ended_at=obs.ended_at, reason=obs.reason,
-                                   scheduler_state=getattr(obs, "scheduler_state", None)
-                                   or rec.scheduler_state))
+                                   scheduler_state=getattr(obs, "scheduler_state",
+                                                           rec.scheduler_state)))
     if changed:
         store.update(manifest.run, *changed)
     return StatusReport(manifest.run, views, healths)

@@ -171,13 +171,12 @@ def _live_status(state: AppState, run: str | None, until_done: bool, interval: f
                  ) -> Any:
     import time
 
-    from rich.console import Console
     from rich.live import Live
 
     from . import api
-    from .display import status_renderable
+    from .display import make_console, status_renderable
 
-    console = Console()
+    console = make_console()
     report = api.status(state.config, run)
     if not console.is_terminal:
         # Logs and CI: print a table only when something changed.

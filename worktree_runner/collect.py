@@ -40,6 +40,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -397,12 +398,18 @@ _XFERRED = re.compile(r"^Number of regular files transferred: ([\d,]+)", re.MULT
 
 class RsyncTransport(Transport):
     """rsync over the host's own OpenSSH settings (`ssh -e`): delta transfer, partial files
-    kept in a partial dir so an interrupted collect resumes; symlinks are never copied."""
+    kept in a partial dir so an interrupted collect resumes; symlinks are never copied. All
+    rsync calls for one host share one OpenSSH connection (ControlMaster), closed at the end."""
 
     name = "rsync"
 
     def __init__(self, ssh_argv: Sequence[str], destination: str) -> None:
-        self.ssh_command = " ".join(_rsync_quote(a) for a in ssh_argv)
+        # A short private directory: unix socket paths are limited to ~100 bytes.
+        self._control_dir = tempfile.mkdtemp(prefix="wtc-")
+        self._ssh = list(ssh_argv)
+        self._control = [*ssh_argv, "-o", "ControlMaster=auto", "-o",
+                         f"ControlPath={self._control_dir}/%C", "-o", "ControlPersist=60"]
+        self.ssh_command = " ".join(_rsync_quote(a) for a in self._control)
         self.destination = destination
 
     def argv(self, root: str, staging: Path) -> list[str]:
@@ -414,20 +421,24 @@ class RsyncTransport(Transport):
     def fetch(self, root: str, rels: Sequence[str], staging: Path, sizes: Mapping[str, int],
               observer: CollectObserver) -> TransferResult:
         staging.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen(self.argv(root, staging), stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert proc.stdin and proc.stdout and proc.stderr
-        try:
-            proc.stdin.write(b"".join(r.encode() + b"\0" for r in rels))
-            proc.stdin.close()
-            out = self._follow(proc.stdout, observer)
-            err = proc.stderr.read().decode(errors="replace")
-            code = proc.wait()
-        except BaseException:
-            # TERM, not KILL: rsync moves what it has into the partial dir for the next run.
-            proc.terminate()
-            proc.wait()
-            raise
+        # stderr to a file, not a pipe: the backgrounded ControlMaster inherits it and would
+        # hold a pipe open long after rsync ended.
+        with tempfile.TemporaryFile() as err_file:
+            proc = subprocess.Popen(self.argv(root, staging), stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=err_file)
+            assert proc.stdin and proc.stdout
+            try:
+                proc.stdin.write(b"".join(r.encode() + b"\0" for r in rels))
+                proc.stdin.close()
+                out = self._follow(proc.stdout, observer)
+                code = proc.wait()
+            except BaseException:
+                # TERM, not KILL: rsync moves what it has into the partial dir for next time.
+                proc.terminate()
+                proc.wait()
+                raise
+            err_file.seek(0)
+            err = err_file.read().decode(errors="replace")
         if code not in (0, 23, 24):
             raise WtRunError(f"rsync from {self.destination}:{root} exited {code}: "
                              f"{' | '.join(err.strip().splitlines()[-3:])}",
@@ -436,6 +447,13 @@ class RsyncTransport(Transport):
         count = _XFERRED.search(out)
         return TransferResult(int(count.group(1).replace(",", "")) if count else 0,
                               int(literal.group(1).replace(",", "")) if literal else 0)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run([*self._ssh, "-o", f"ControlPath={self._control_dir}/%C",
+                            "-O", "exit", self.destination], capture_output=True, timeout=10,
+                           check=False)
+        shutil.rmtree(self._control_dir, ignore_errors=True)
 
     @staticmethod
     def _follow(stream: IO[bytes], observer: CollectObserver) -> str:

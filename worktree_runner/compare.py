@@ -302,11 +302,12 @@ def read_branch(rec: WorkerRecord, worker_dir: Path, state: str,
                 if key in INFO_KEYS[column]:
                     info[column] = curve.last
     if "train_time_s" not in info:
+        # TensorBoard's wall times are finer than the worker's start/end (whole seconds).
         started, ended = rec.started_at, rec.ended_at
-        if started and ended:
-            info["train_time_s"] = ended - started
-        elif tb_span:
+        if tb_span:
             info["train_time_s"] = tb_span
+        elif started and ended:
+            info["train_time_s"] = ended - started
     curves = {k: c for k, c in curves.items() if _is_metric(k)}
     confusion, names = _confusion(summary)
     notes = []

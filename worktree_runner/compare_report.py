@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from .compare import BranchResult, Comparison, differing_vars, direction
 
 MAX_PLOTTED_METRICS = 12
+TERMINAL_METRICS = 6  # more would not fit a terminal; csv/json/html have them all
 INFO_COLUMNS = (  # key, header, direction of "best" (None: not ranked)
     ("train_time_s", "train time", "min"),
     ("throughput", "throughput", "max"),
@@ -104,41 +105,58 @@ def _has_distinct_best(cmp: Comparison, metric: str) -> bool:
                for b in cmp.branches)
 
 
-def build_table(cmp: Comparison) -> ReportTable:
-    columns = [Column("name", "branch"), Column("state", "state"), Column("commit", "commit"),
-               Column("host", "host")]
-    for m in cmp.metrics:
-        columns.append(Column(m, m))
-        if _has_distinct_best(cmp, m):
+def build_table(cmp: Comparison, *, compact: bool = False,
+                max_metrics: int | None = None) -> ReportTable:
+    """The comparison as rows of cells. Full (CSV): separate final/best/delta columns.
+    Compact (terminal, md, html): one cell per metric, `final (best b) Δd`, optional columns
+    left out when empty, and at most `max_metrics` metric columns."""
+    metrics = cmp.metrics[:max_metrics] if max_metrics else cmp.metrics
+    columns = [Column("name", "branch"), Column("state", "state"), Column("commit", "commit")]
+    if not compact or len({b.host for b in cmp.branches}) > 1:
+        columns.append(Column("host", "host"))
+    for m in metrics:
+        columns.append(Column(m, m + _arrow(m) if compact else m))
+        if not compact and _has_distinct_best(cmp, m):
             columns.append(Column(f"{m}_best", f"{m} (best)"))
-        if cmp.baseline:
+        if not compact and cmp.baseline:
             columns.append(Column(f"{m}_delta", f"Δ {m}"))
-    columns += [Column(k, h) for k, h, _ in INFO_COLUMNS]
-    columns.append(Column("note", "note"))
-    best_final = {m: cmp.best_name(m) for m in cmp.metrics}
-    best_curve = {m: cmp.best_name(m, best_of_curve=True) for m in cmp.metrics}
+    for key, header, _ in INFO_COLUMNS:
+        if not compact or any(_info(b, key) is not None for b in cmp.branches):
+            columns.append(Column(key, header))
+    if not compact or any(b.note for b in cmp.branches):
+        columns.append(Column("note", "note"))
+    best_final = {m: cmp.best_name(m) for m in metrics}
+    best_curve = {m: cmp.best_name(m, best_of_curve=True) for m in metrics}
     best_info = {k: _best_info(cmp.branches, k, how) for k, _, how in INFO_COLUMNS}
     rows = []
     for b in cmp.branches:
         cells: dict[str, Cell] = {
-            "name": Cell(b.name + (" (baseline)" if b.name == cmp.baseline else ""), b.name),
+            "name": Cell(b.name + (" (baseline)" if compact and b.name == cmp.baseline
+                                   else ""), b.name),
             "state": Cell(b.state, b.state),
             "commit": Cell(b.commit[:8], b.commit),
             "host": Cell(b.host, b.host),
             "note": Cell(b.note, b.note),
         }
-        for m in cmp.metrics:
-            v = b.value(m)
-            cells[m] = Cell(fmt_number(v), v, b.name in best_final[m])
-            best = b.best(m)
+        for m in metrics:
+            v, best, d = b.value(m), b.best(m), cmp.delta(b.name, m)
+            text = fmt_number(v)
+            if compact and best is not None and best != v:
+                text += f" (best {fmt_number(best)})"
+            if compact and d is not None and b.name != cmp.baseline:
+                text += f" Δ{fmt_delta(d)}"
+            cells[m] = Cell(text, v, b.name in best_final[m])
             cells[f"{m}_best"] = Cell(fmt_number(best), best, b.name in best_curve[m])
-            d = cmp.delta(b.name, m)
             cells[f"{m}_delta"] = Cell(fmt_delta(d), d)
         for key, _, _ in INFO_COLUMNS:
             v = _info(b, key)
             cells[key] = Cell(_fmt_info(key, v), v, b.name in best_info[key])
         rows.append(tuple(cells[c.key] for c in columns))
     return ReportTable(tuple(columns), tuple(rows))
+
+
+def _arrow(metric: str) -> str:
+    return {"min": " ↓", "max": " ↑"}.get(direction(metric) or "", "")
 
 
 def _info(b: BranchResult, key: str) -> Any:
@@ -179,8 +197,10 @@ def render_rich(cmp: Comparison, table: ReportTable, out: TextIO | None = None) 
     for row in table.rows:
         t.add_row(*[f"[bold green]{c.text}[/]" if c.best else c.text for c in row])
     console.print(t)
-    console.print("[dim]best value per column in bold green; "
-                  "`wt-run compare --format html` adds plots and code differences[/]")
+    hidden = len(cmp.metrics) - sum(c.key in cmp.metrics for c in table.columns)
+    more = f"{hidden} more metric(s) in --format csv/json/html; " if hidden > 0 else ""
+    console.print(f"[dim]best per column in bold green (↑ higher / ↓ lower is better); {more}"
+                  "`--format html` adds plots and code differences[/]")
 
 
 def render_markdown(cmp: Comparison, table: ReportTable, images: Sequence[str] = ()) -> str:
@@ -237,8 +257,15 @@ def to_json(cmp: Comparison) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- plots
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "metric"
+def _slug(text: str, taken: dict[str, bytes] | None = None, prefix: str = "",
+          suffix: str = ".png") -> str:
+    """A file name for a metric or branch; `/` becomes `-` (TensorBoard's `train/loss` and a
+    JSONL `train_loss` must not collide), and a number is added if it still does."""
+    base = prefix + (re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "x")
+    name, n = base + suffix, 2
+    while taken is not None and name in taken:
+        name, n = f"{base}-{n}{suffix}", n + 1
+    return name
 
 
 def make_plots(cmp: Comparison) -> dict[str, bytes]:
@@ -269,7 +296,7 @@ def make_plots(cmp: Comparison) -> dict[str, bytes]:
         ax.set_xlabel("step / epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        save(fig, f"curve_{_slug(m)}.png")
+        save(fig, _slug(m, pngs, "curve_"))
     finals = [m for m in cmp.metrics
               if sum(b.value(m) is not None for b in cmp.branches) >= 1][:MAX_PLOTTED_METRICS]
     if finals:
@@ -305,7 +332,7 @@ def make_plots(cmp: Comparison) -> dict[str, bytes]:
             ax.set_xlabel("predicted")
             ax.set_ylabel("true")
             ax.set_title(f"{b.name}: confusion matrix", fontsize=9)
-            save(fig, f"confusion_{_slug(b.name)}.png")
+            save(fig, _slug(b.name, pngs, "confusion_"))
     return pngs
 
 
@@ -372,7 +399,7 @@ def write_report(cmp: Comparison, fmt: str, out: Path | None,
     """Render in `fmt`; returns the files written. table/md/csv/json go to stdout unless
     `out` is given; html (and every plot) always goes to a directory."""
     stdout = stdout or sys.stdout
-    table = build_table(cmp)
+    table = build_table(cmp, compact=True)
     written: list[Path] = []
 
     def write(name: str, data: str | bytes) -> Path:
@@ -386,8 +413,15 @@ def write_report(cmp: Comparison, fmt: str, out: Path | None,
         written.append(path)
         return path
 
+    def _emit(text: str, name: str) -> None:
+        if out is None:
+            stdout.write(text)
+        else:
+            write(name, text)
+
     if fmt == "table":
-        render_rich(cmp, table, stdout if stdout is not sys.stdout else None)
+        render_rich(cmp, build_table(cmp, compact=True, max_metrics=TERMINAL_METRICS),
+                    stdout if stdout is not sys.stdout else None)
         if out is not None:
             for name, data in make_plots(cmp).items():
                 write(name, data)
@@ -400,11 +434,9 @@ def write_report(cmp: Comparison, fmt: str, out: Path | None,
                 write(name, data)
             write("compare.md", render_markdown(cmp, table, list(pngs)))
     elif fmt == "csv":
-        text = render_csv(table)
-        stdout.write(text) if out is None else write("compare.csv", text)
+        _emit(render_csv(build_table(cmp)), "compare.csv")
     elif fmt == "json":
-        text = json.dumps(to_json(cmp), indent=1) + "\n"
-        stdout.write(text) if out is None else write("compare.json", text)
+        _emit(json.dumps(to_json(cmp), indent=1) + "\n", "compare.json")
     elif fmt == "html":
         out = out or cmp.results_dir / "report"
         write("compare.html", render_html(cmp, table, make_plots(cmp)))

@@ -20,6 +20,15 @@ STATE_STYLE = {
 }
 
 
+def make_console() -> Console:
+    """A console; when output is not a terminal (logs, CI, pipes) tables are not squeezed
+    to 80 columns."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    return console
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -92,11 +101,11 @@ def status_renderable(report: StatusReport) -> Group:
 
 
 def print_status(report: StatusReport, console: Console | None = None) -> None:
-    (console or Console()).print(status_renderable(report))
+    (console or make_console()).print(status_renderable(report))
 
 
 def print_launch(report: LaunchReport, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console()
     verb = "Would launch" if report.dry_run else "Launched"
     errors = {o.host: o.error for o in report.outcomes if o.error}
     started = {n for o in report.outcomes for n in o.started}
@@ -117,7 +126,7 @@ def print_launch(report: LaunchReport, console: Console | None = None) -> None:
 
 
 def print_stop(outcomes: Sequence[StopOutcome], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console()
     words = {"signalled": "stopping (TERM, then KILL after the grace period)",
              "done": "had already ended", "marked": "stopped before it started",
              "mismatch": "NOT signalled: its pid now belongs to another process (reads lost)"}

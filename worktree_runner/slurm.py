@@ -277,7 +277,7 @@ w=$!
 # USR1 goes to the user's command only (the wrapper's grandchildren): its shell would die
 # of it, and helper processes (data loaders) must not see it.
 trap 'usr1=1; wt_parent=$w; for c in $(wt_kids); do wt_parent=$c;
-  for g in $(wt_kids); do kill -USR1 "$g" 2>/dev/null; done; done' USR1
+  for g in $c; do kill -USR1 "$g" 2>/dev/null; done; done' USR1
 trap 'kill -TERM "$w" 2>/dev/null' TERM
 while :; do
   wait "$w"
@@ -395,7 +395,7 @@ trap 'rm -f "$E"' EXIT
 wt_sub() {
   i=$1
   shift
-  if out=$(sbatch "$@" 2>"$E" </dev/null) && [ -n "$out" ]; then
+  if out=$("$@" 2>"$E" </dev/null) && [ -n "$out" ]; then
     out=$(printf '%s\n' "$out" | tail -n 1)
     echo "submitted $i ${out%%;*}"
   else
@@ -456,7 +456,7 @@ def submit_slurm(config: Config, hc: HostConfig, records: Sequence[WorkerRecord]
             job_id = f"{job}_{i}" if sub.links else job
             submitted.append(replace(rec, launched_at=now, job_id=job_id, state=None,
                                      exit_code=None, signal=None, pid=None, started_at=None,
-                                     ended_at=None, scheduler_state="PENDING", reason=None))
+                                     ended_at=None, scheduler_state=None, reason=None))
     for i, sub in enumerate(subs):
         if i not in seen:
             errors += [f"{r.name}: not submitted ({result.stderr.strip()[-200:]})"

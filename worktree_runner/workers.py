@@ -194,7 +194,9 @@ wt_status() {
     if kill -0 "$s" 2>/dev/null; then echo "spawn $s 1"; else echo "spawn $s 0"; fi
   fi
   if [ -f "$d/out/progress.json" ]; then
-    pj=; read -r pj < "$d/out/progress.json"; echo "progress $pj"
+    pj=
+    while IFS= read -r l || [ -n "$l" ]; do pj="$pj$l"; done < "$d/out/progress.json"
+    echo "progress $pj"
   fi
 }
 """

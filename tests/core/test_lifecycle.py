@@ -219,3 +219,24 @@ def test_exit_record_maps_to_state(status, state, code, sig) -> None:
 
     obs = derive_state({"exit": [status, "10"], "pid": ["5", "1", "b", "1"]}, "b", 20.0)
     assert (obs.state.value, obs.exit_code, obs.signal) == (state, code, sig)
+
+
+def test_progress_and_eta_from_progress_json(repo_factory) -> None:
+    script = ("import json, os, time\n"
+              "p = os.path.join(os.environ['WT_RUN_OUT'], 'progress.json')\n"
+              "json.dump({'epoch': 1, 'epochs': 4, 'step': 25, 'steps': 100}, open(p + '.t', 'w'),"
+              " indent=2)\n"
+              "os.replace(p + '.t', p)\n"
+              "time.sleep(300)\n")
+    repo = repo_factory(files={"p.py": script})
+    wt = WtRun(repo, write_config(repo, basic_config(["p"], "python p.py", stop_grace=1)))
+    wt("launch", "--branches", "p")
+    wt.wait_for(lambda s: (wt.status()["workers"][0]["progress"] or {}).get("step") == 25)
+    time.sleep(1.1)
+    worker = wt.status()["workers"][0]
+    assert worker["progress"]["fraction"] == 0.25
+    assert worker["progress"]["eta_s"] > 0
+    table = wt("status").output
+    assert "25% (epoch 1/4)" in table
+    wt("stop", "p")
+    wt.wait_states({"p": "stopped"})

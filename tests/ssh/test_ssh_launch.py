@@ -88,7 +88,7 @@ def test_launch_spreads_over_two_hosts_one_connection_per_host(
 
 
 def test_second_launch_sends_only_new_commits(tmp_path, sshd_servers, monkeypatch):  # noqa: F811
-    (a, _), repo, roots, config = _two_hosts(tmp_path, sshd_servers, monkeypatch, ["v1", "v2"])
+    (_a, _), repo, _roots, config = _two_hosts(tmp_path, sshd_servers, monkeypatch, ["v1", "v2"])
     sent: list[bytes] = []
     real_put = wt_ssh.SSHHost.put
 
@@ -120,7 +120,7 @@ def test_second_launch_sends_only_new_commits(tmp_path, sshd_servers, monkeypatc
 
 
 def test_worker_survives_client_exit_and_sshd_death(tmp_path, sshd_servers, monkeypatch):  # noqa: F811
-    (a, _), repo, roots, config = _two_hosts(tmp_path, sshd_servers, monkeypatch, ["v1"],
+    (a, _), _repo, _roots, config = _two_hosts(tmp_path, sshd_servers, monkeypatch, ["v1"],
                                              secs=3)
     assert run_cli(config, "launch", "--branches", "v1", "--host", "h1").exit_code == 0
     assert states(status_json(config)) == {"v1": "running"}
@@ -136,7 +136,7 @@ def test_worker_survives_client_exit_and_sshd_death(tmp_path, sshd_servers, monk
 
 
 def test_stop_and_follow_logs_remote(tmp_path, sshd_servers, monkeypatch):  # noqa: F811
-    (a, _), repo, roots, config = _two_hosts(tmp_path, sshd_servers, monkeypatch, ["v1", "v2"],
+    (_a, _), _repo, _roots, config = _two_hosts(tmp_path, sshd_servers, monkeypatch, ["v1", "v2"],
                                              secs=60)
     assert run_cli(config, "launch", "--branches", "v1", "v2", "--host", "h1").exit_code == 0
     wait_states(config, {"v1": "running", "v2": "running"})
@@ -158,9 +158,9 @@ def test_stop_and_follow_logs_remote(tmp_path, sshd_servers, monkeypatch):  # no
 
 
 def test_remote_refusals_dirty_and_checked_out(tmp_path, sshd_servers, monkeypatch):  # noqa: F811
-    (a, _), repo, roots, config = _two_hosts(tmp_path, sshd_servers, monkeypatch, ["v1", "v2"])
-    assert run_cli(config, "launch", "--branches", "v1", "--host", "h1").exit_code == 0
-    wait_states(config, {"v1": "succeeded"})
+    (_a, _), _repo, roots, config = _two_hosts(tmp_path, sshd_servers, monkeypatch, ["v1", "v2"])
+    assert run_cli(config, "launch", "--branches", "v1", "v2", "--host", "h1").exit_code == 0
+    wait_states(config, {"v1": "succeeded", "v2": "succeeded"})
     wt = roots["h1"] / "worktrees" / "v1"
     (wt / "variant.txt").write_text("edited on the host\n")
     refused = run_cli(config, "launch", "--branches", "v1", "--host", "h1")
@@ -171,7 +171,9 @@ def test_remote_refusals_dirty_and_checked_out(tmp_path, sshd_servers, monkeypat
     wait_states(config, {"v1": "succeeded"})
     # A branch checked out in another worktree on the host is refused, naming where.
     git(wt, "checkout", "-q", "--", "variant.txt")
-    git(roots["h1"] / "repo", "worktree", "add", "-q", str(tmp_path / "other"), "v2")
+    host_repo = roots["h1"] / "repo"
+    git(host_repo, "worktree", "remove", "--force", str(roots["h1"] / "worktrees" / "v2"))
+    git(host_repo, "worktree", "add", "-q", str(tmp_path / "other"), "v2")
     held = run_cli(config, "launch", "--branches", "v2", "--host", "h1")
     assert held.exit_code == 1
     assert "already checked out" in held.output and str(tmp_path / "other") in held.output
@@ -179,7 +181,7 @@ def test_remote_refusals_dirty_and_checked_out(tmp_path, sshd_servers, monkeypat
 
 
 def test_generate_on_remote_runs_in_repo_at_head(tmp_path, sshd_servers, monkeypatch):  # noqa: F811
-    (a, _), repo, roots, config = _two_hosts(tmp_path, sshd_servers, monkeypatch, ["v1"])
+    (_a, _), repo, roots, config = _two_hosts(tmp_path, sshd_servers, monkeypatch, ["v1"])
     result = run_cli(config, "generate", "--host", "h1", "--wait")
     assert result.exit_code == 0, result.output
     assert (roots["h1"] / "repo" / "data" / "marker").read_text() == "generated\n"

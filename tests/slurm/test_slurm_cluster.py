@@ -1,0 +1,166 @@
+"""Slurm hosts end to end against a real single-node Slurm (tests/servers/slurm.py): the CLI
+submits, watches, stops and reads logs of workers through a `via: local` login node."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers.slurm import SlurmCluster
+from tests.slurm.helpers import WtRun, make_project, wait_file
+
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture
+def cluster(slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
+            ) -> Iterator[SlurmCluster]:
+    """The session's cluster, selected for every Slurm client wt-run runs (via: local)."""
+    for key in list(os.environ):
+        if key.startswith(("SLURM_", "SBATCH_", "SQUEUE_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf_path))
+    yield slurm_cluster
+    slurm_cluster.cancel_all()
+
+
+def test_success_failure_logs_and_layout(cluster: SlurmCluster, tmp_path: Path) -> None:
+    root = tmp_path / "shared"
+    wt = WtRun(make_project(tmp_path, {"good": {"branch": "exp/good", "vars": {"mode": "ok"}},
+                                       "bad": {"branch": "exp/bad", "vars": {"mode": "fail"}}},
+                            root=root))
+    wt("launch", "--branches", "good", "bad")
+    ws = wt.wait(lambda ws: all(w["state"] in ("succeeded", "failed") for w in ws.values()))
+    # Slurm's word when the exit file appeared: the job may still be in its epilogue.
+    assert ws["good"]["state"] == "succeeded"
+    assert ws["good"]["scheduler_state"] in ("COMPLETING", "COMPLETED")
+    assert ws["bad"]["state"] == "failed" and ws["bad"]["exit_code"] == 3
+    assert ws["bad"]["scheduler_state"] in ("COMPLETING", "FAILED")
+    assert ws["good"]["job_id"] and ws["good"]["job_id"] != ws["bad"]["job_id"]
+    # Worktrees and worker files live under the host's root on the shared filesystem.
+    assert ws["good"]["worktree"] == str(root / "worktrees" / "good")
+    assert (root / "worktrees" / "good" / "worker.py").is_file()
+    assert ws["good"]["log"].startswith(str(root / "runs"))
+    # Slurm wrote the job's output to the worker's own log: `logs` reads it like elsewhere.
+    assert "hello from good" in wt("logs", "good")
+    assert "failing on purpose" in wt("logs", "bad")
+    info = cluster.job_info(ws["good"]["job_id"])
+    assert info is None or info["StdOut"] == ws["good"]["log"]
+
+
+def test_pending_reason_and_stop(cluster: SlurmCluster, tmp_path: Path) -> None:
+    root = tmp_path / "shared"
+    wt = WtRun(make_project(tmp_path, {
+        "sleeper": {"branch": "exp/sleeper", "vars": {"mode": "sleep"}},
+        "held": {"branch": "exp/held", "vars": {"mode": "ok"},
+                 "slurm": {"sbatch_args": ["--hold"]}},
+    }, root=root))
+    wt("launch", "--branches", "sleeper", "held")
+    ws = wt.wait_states({"sleeper": "running", "held": "pending"})
+    assert ws["held"]["reason"] == "JobHeldUser"
+    assert ws["held"]["scheduler_state"] == "PENDING"
+    wait_file(Path(ws["sleeper"]["out"]) / "started")
+    out = wt("stop", "--all")
+    assert "sleeper" in out and "held" in out
+    ws = wt.wait_states({"sleeper": "stopped", "held": "stopped"})
+    assert ws["sleeper"]["scheduler_state"] == "CANCELLED"
+    assert cluster.job_state(ws["held"]["job_id"]) in (None, "CANCELLED")
+    # Terminal states stay.
+    assert {n: w["state"] for n, w in wt.workers().items()} == {"sleeper": "stopped",
+                                                                "held": "stopped"}
+
+
+def test_status_after_slurm_forgot_the_jobs(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """MinJobAge is 5 s in the fixture: once Slurm purged a job, the exit file decides; a job
+    whose wrapper died without one reads lost."""
+    wt = WtRun(make_project(tmp_path, {
+        "good": {"branch": "exp/good", "vars": {"mode": "ok"}},
+        "gone": {"branch": "exp/gone", "vars": {"mode": "killwrapper"}},
+    }, root=tmp_path / "shared"))
+    wt("launch", "--branches", "good", "gone")
+    manifest = json.loads(next((tmp_path / "repo/.wt-run/runs").glob("*/manifest.json"))
+                          .read_text())
+    jobs = {n: w["job_id"] for n, w in manifest["workers"].items()}
+    # No `status` before the purge: it would cache the terminal state seen then.
+    cluster.wait_job_state(jobs["good"], {"COMPLETED"})
+    cluster.wait_job_state(jobs["gone"], {"FAILED"})
+    from tests.servers import _proc
+
+    assert _proc.wait_until(lambda: all(cluster.job_info(j) is None for j in jobs.values()),
+                            120, interval=1.0), "Slurm never purged the jobs"
+    ws = wt.workers()
+    assert ws["good"]["state"] == "succeeded" and ws["good"]["exit_code"] == 0
+    assert ws["good"]["scheduler_state"] is None
+    assert ws["gone"]["state"] == "lost"
+    assert "no longer knows" in ws["gone"]["reason"]
+
+
+@pytest.mark.parametrize("requeue", [True, False])
+def test_usr1_checkpoint(cluster: SlurmCluster, tmp_path: Path, requeue: bool) -> None:
+    """The warning signal reaches the command (not its shell): it checkpoints; with
+    requeue: true the job goes back to the queue and the next run resumes."""
+    wt = WtRun(make_project(tmp_path, {"train": {"branch": "exp/t", "vars": {"mode": "ckpt"}}},
+                            root=tmp_path / "shared", host={"requeue": requeue,
+                                                             "signal": "USR1@50"}))
+    wt("launch", "--branches", "train")
+    ws = wt.wait_states({"train": "running"})
+    out = Path(ws["train"]["out"])
+    wait_file(out / "started")
+    job = ws["train"]["job_id"]
+    # What Slurm does at --signal=B:USR1@50 before the time limit, delivered now.
+    cluster.run("scancel", "--signal=USR1", "--batch", job)
+    wait_file(out / "checkpoint")
+    assert (out / "checkpoint").read_text() == "step-7"
+    if not requeue:
+        ws = wt.wait_states({"train": "failed"})
+        assert ws["train"]["exit_code"] == 3
+        return
+    # Requeued: Slurm holds it ~2 minutes (BeginTime); it must never read as ended meanwhile.
+    ws = wt.wait(lambda ws: ws["train"]["scheduler_state"] == "PENDING")
+    assert ws["train"]["state"] == "pending" and ws["train"]["reason"] == "BeginTime"
+    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    ws = wt.wait_states({"train": "succeeded"})
+    log = wt("logs", "train", "-n", "100")
+    assert "checkpoint saved on USR1" in log
+    assert "requeueing job" in log
+    assert "resumed from step-7 restart 1" in log
+    # The first run's pid/exit files are kept aside, not mistaken for the second run's.
+    assert (out.parent / "requeues" / "1").is_dir()
+
+
+def test_job_array(cluster: SlurmCluster, tmp_path: Path) -> None:
+    names = {"a0": "ok", "a1": "fail", "a2": "ok"}
+    wt = WtRun(make_project(tmp_path, {n: {"branch": f"exp/{n}", "vars": {"mode": m}}
+                                       for n, m in names.items()},
+                            root=tmp_path / "shared", host={"array": True}))
+    wt("launch", "--branches", *names)
+    ws = wt.wait(lambda ws: all(w["state"] in ("succeeded", "failed") for w in ws.values()))
+    assert {n: w["state"] for n, w in ws.items()} == {"a0": "succeeded", "a1": "failed",
+                                                      "a2": "succeeded"}
+    array_ids = {w["job_id"].split("_")[0] for w in ws.values()}
+    assert len(array_ids) == 1
+    assert sorted(w["job_id"].split("_")[1] for w in ws.values()) == ["0", "1", "2"]
+    assert "hello from a2" in wt("logs", "a2")
+    assert "hello from a0" not in wt("logs", "a2")
+
+
+def test_hostile_names_and_values(cluster: SlurmCluster, tmp_path: Path) -> None:
+    hostile = "it's $(touch pwned) `touch pwned` ; rm -rf ~ #\n\"%j%%\\"
+    root = tmp_path / "sh ared 'q' %j $HOME"
+    config = make_project(tmp_path, {
+        "we.ird-1": {"branch": "exp/we+ird.v1", "vars": {"mode": "args", "extra": hostile},
+                     "env": {"HOSTILE": hostile},
+                     "slurm": {"sbatch_args": [f"--comment={hostile.splitlines()[0]}"]}},
+    }, root=root, command=f"{os.sys.executable} worker.py {{mode}} {{extra}}")
+    wt = WtRun(config)
+    wt("launch", "--branches", "we.ird-1")
+    ws = wt.wait_states({"we.ird-1": "succeeded"})
+    got = json.loads((Path(ws["we.ird-1"]["out"]) / "args.json").read_text())
+    assert got == {"argv": ["args", hostile], "env": hostile}
+    assert not list(tmp_path.rglob("pwned"))
+    assert ws["we.ird-1"]["branch"] == "exp/we+ird.v1"
+    assert Path(ws["we.ird-1"]["log"]).is_file()

@@ -138,9 +138,11 @@ class RunStore:
         try:
             return RunManifest.from_json(json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:
+            known = self.list_runs()
             raise WtRunError(f"run '{run}' does not exist",
-                             "list runs with `wt-run status --all-runs`"
-                             " or launch one with `wt-run launch`") from None
+                             f"pick one of: {', '.join(known[-5:])}" if known
+                             else "launch one with `wt-run launch --branches NAME...`"
+                             ) from None
         except (ValueError, KeyError, TypeError) as exc:
             raise WtRunError(f"manifest {path} is unreadable: {exc}",
                              "restore it from a backup or remove the run directory") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -142,7 +143,6 @@ def test_corruption_is_detected_and_the_worker_not_marked(tmp_path: Path) -> Non
     final = tmp_path / "repo" / "results" / run / "a" / "out" / "checkpoints" / "last.pt"
     assert not final.exists()  # a bad copy never reaches its final path
     assert _collected_at(cfg, run)["a"] is None
-    assert wt(cfg, "collect", ok=False).exit_code == 1 or True  # CLI: exit 1 on errors
 
     # Next collect lists the file again (its ctime changed, so it is re-hashed): consistent.
     report = collect(config, run=run)
@@ -207,12 +207,8 @@ def test_interrupted_collect_resumes_without_partial_files(tmp_path: Path) -> No
     assert (dest / "out" / "checkpoints" / "last.pt").read_bytes() == ckpt.read_bytes()
     # Resumed: what was already staged was not copied again.
     total = sum(p.stat().st_size for p in (dest / "out").rglob("*") if p.is_file())
-    assert w.transferred_bytes <= total - partial_size_hint(ckpt)
+    assert w.transferred_bytes <= total - (1 << 20)
     assert not (dest / ".collect" / "incoming").exists()
-
-
-def partial_size_hint(ckpt: Path) -> int:
-    return 2 << 20  # the interrupt came after at least this much of the checkpoint
 
 
 def test_live_worker_only_complete_files_then_marked_after_stop(tmp_path: Path) -> None:
@@ -225,12 +221,10 @@ def test_live_worker_only_complete_files_then_marked_after_stop(tmp_path: Path) 
     (wdir / "out" / "model.pt.tmp").write_bytes(b"half a checkpoint")
     (wdir / "out" / "old.txt").write_text("finished long ago")
     os.utime(wdir / "out" / "old.txt", (1, 1))
-    deadline = 200
-    while not (wdir / "out" / "metrics.jsonl").exists() and deadline:
-        import time
-
+    for _ in range(400):  # bounded wait for the worker's first metrics line
+        if (wdir / "out" / "metrics.jsonl").exists():
+            break
         time.sleep(0.05)
-        deadline -= 1
     report = collect(config, run=run)
     w = report.workers[0]
     assert w.state == "running" and w.ok and not w.marked

@@ -16,7 +16,7 @@ from pathlib import Path
 # Runs from a checkout without installing wt-run.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from worktree_runner.cli import cli  # noqa: E402
+from worktree_runner.cli import cli
 
 
 def main(argv: list[str]) -> None:

@@ -133,7 +133,21 @@ def assign_hosts(config: Config, branches: Sequence[BranchConfig],
         return {b.name: b.host or config.default_host for b in branches}
     if len(hosts) == 1:
         return {b.name: hosts[0] for b in branches}
-    return {b.name: hosts[i % len(hosts)] for i, b in enumerate(branches)}
+    # Round-robin, skipping hosts this launch has already filled (gpus/slots); when all are
+    # full the branch goes to the next host and assign_gpus explains the shortage.
+    load = dict.fromkeys(hosts, 0)
+    placement: dict[str, str] = {}
+    turn = 0
+    for b in branches:
+        for _ in hosts:
+            host = hosts[turn % len(hosts)]
+            turn += 1
+            capacity = config.host(host).capacity
+            if capacity is None or load[host] < capacity:
+                break
+        load[host] += 1
+        placement[b.name] = host
+    return placement
 
 
 def _busy_gpus(config: Config, store: RunStore, host: str, exclude_run: str,
@@ -362,7 +376,17 @@ def _start_host(config: Config, host_name: str, records: Sequence[WorkerRecord]
         layout = host_layout(config, hc, host.root if hc.type != "local" else None)
         specs = [LaunchSpec(r.name, r.worker_dir, r.worktree, r.command,
                             worker_env(config, r, layout.data)) for r in records]
-        started = start_workers(host, specs)
+        try:
+            started = start_workers(host, specs)
+        except HostUnreachable as exc:
+            if not getattr(exc, "maybe_ran", False):
+                raise
+            # The connection died after the launch script was sent: it may have run. Never
+            # send it again (that could start workers twice); keep the records so that
+            # `status` reads the truth from the worker files.
+            kept = [replace(r, launched_at=now) for r in records]
+            return HostOutcome(host_name, [], f"{exc} (the workers may have started: "
+                               "`wt-run status` shows them; nothing was retried)"), kept
     done = [replace(r, launched_at=now, state=None, exit_code=None, signal=None,
                     pid=None, ended_at=None, started_at=None)
             for r in records if isinstance(started.get(r.name), int)]

@@ -41,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -59,6 +60,7 @@ SETTLE_S = 2.0
 WORKER_PATTERNS = ("log", "attempts/*/log", "out/**")
 BOOKKEEPING = ".collect"
 TRANSPORTS = ("auto", "rsync", "sftp", "copy")
+FAST_CIPHER = "aes128-gcm@openssh.com"
 # Lets a user (or a test) force the SFTP path on a host that has rsync.
 TRANSPORT_ENV = "WT_RUN_COLLECT_TRANSPORT"
 
@@ -391,7 +393,7 @@ def sftp_transport(sftp: Any) -> StreamTransport:
     return StreamTransport("sftp", open_remote, stat)
 
 
-_PROGRESS2 = re.compile(rb"^\s*([\d,]+)\s+\d+%.*?(?:xfr#(\d+))?")
+_PROGRESS2 = re.compile(rb"^\s*([\d,]+)\s+\d+%(?:.*xfr#(\d+))?")
 _LITERAL = re.compile(r"^Literal data: ([\d,]+)", re.MULTILINE)
 _XFERRED = re.compile(r"^Number of regular files transferred: ([\d,]+)", re.MULTILINE)
 
@@ -408,7 +410,11 @@ class RsyncTransport(Transport):
         self._control_dir = tempfile.mkdtemp(prefix="wtc-")
         self._ssh = list(ssh_argv)
         self._control = [*ssh_argv, "-o", "ControlMaster=auto", "-o",
-                         f"ControlPath={self._control_dir}/%C", "-o", "ControlPersist=60"]
+                         f"ControlPath={self._control_dir}/%C", "-o", "ControlPersist=60",
+                         # Bulk data: AES-GCM (hardware-accelerated almost everywhere) is
+                         # ~30% faster than the default ChaCha20; `^` only puts it first in
+                         # OpenSSH's default list, so a server without it still negotiates.
+                         "-o", f"Ciphers=^{FAST_CIPHER}"]
         self.ssh_command = " ".join(_rsync_quote(a) for a in self._control)
         self.destination = destination
 
@@ -554,6 +560,48 @@ def plan_worker(rec: WorkerRecord, dest: Path, listing: WorkerListing, state: st
     return plan
 
 
+class Prehasher:
+    """Hashes staged copies as soon as they are complete (listed size and mtime), while the
+    transfer of the next files goes on, so that verification does not re-read everything
+    after the last byte arrived. Results are keyed by what stat says, so a copy that changes
+    afterwards is hashed again at verification."""
+
+    def __init__(self, files: Sequence[tuple[Path, RemoteFile]]) -> None:
+        self._todo = dict(files)
+        self.digests: dict[tuple[str, int, int, int], str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="collect-prehash", daemon=True)
+
+    def __enter__(self) -> Prehasher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def ident(path: Path, st: os.stat_result) -> tuple[str, int, int, int]:
+        return (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+    def _run(self) -> None:
+        while self._todo and not self._stop.wait(0.05):
+            for path, f in list(self._todo.items()):
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                if st.st_size == f.size and _same_mtime(st.st_mtime_ns, f.mtime_ns):
+                    with contextlib.suppress(OSError):
+                        self.digests[self.ident(path, st)] = sha256_file(path)
+                    del self._todo[path]
+                if self._stop.is_set():
+                    return
+
+    def digest(self, path: Path, st: os.stat_result) -> str:
+        return self.digests.get(self.ident(path, st)) or sha256_file(path)
+
+
 def transfer_worker(plan: WorkerPlan, transport: Transport, observer: CollectObserver
                     ) -> tuple[TransferResult, list[str], list[Skipped]]:
     """Copy what is missing into staging, verify, move into place. Returns what moved, the
@@ -566,16 +614,16 @@ def transfer_worker(plan: WorkerPlan, transport: Transport, observer: CollectObs
         if not pending:
             break
         observer.planned(len(pending), sum(f.size for f in pending))
-        for root, files in _by_root(pending):
-            src_root = plan.rec.worker_dir if root == "worker" else plan.rec.worktree
-            staging = plan.staging / root
-            moved = transport.fetch(src_root, [f.rel for f in files], staging,
-                                    {f.rel: f.size for f in files}, observer)
-            total.files += moved.files
-            total.bytes += moved.bytes
+        with Prehasher([(plan.staging / f.root / f.rel, f) for f in pending]) as hashes:
+            for root, files in _by_root(pending):
+                src_root = plan.rec.worker_dir if root == "worker" else plan.rec.worktree
+                moved = transport.fetch(src_root, [f.rel for f in files], plan.staging / root,
+                                        {f.rel: f.size for f in files}, observer)
+                total.files += moved.files
+                total.bytes += moved.bytes
         retry = []
         for f in pending:
-            verdict = _verify_and_place(plan, f)
+            verdict = _verify_and_place(plan, f, hashes)
             if verdict == "ok":
                 pass
             elif verdict == "changed":
@@ -597,7 +645,7 @@ def _by_root(files: Iterable[RemoteFile]) -> Iterator[tuple[str, list[RemoteFile
     yield from groups.items()
 
 
-def _verify_and_place(plan: WorkerPlan, f: RemoteFile) -> str:
+def _verify_and_place(plan: WorkerPlan, f: RemoteFile, hashes: Prehasher) -> str:
     staged = plan.staging / f.root / f.rel
     if not inside(plan.staging, staged) or os.path.islink(staged):
         return "refused: staged copy is not a plain file inside the staging directory"
@@ -607,7 +655,7 @@ def _verify_and_place(plan: WorkerPlan, f: RemoteFile) -> str:
         return "was not transferred"
     if st.st_size != f.size or not _same_mtime(st.st_mtime_ns, f.mtime_ns):
         return "changed"
-    digest = sha256_file(staged)
+    digest = hashes.digest(staged, st)
     if digest != f.sha256:
         staged.unlink()
         return (f"checksum mismatch: host sha256 {f.sha256[:16]}…, copy {digest[:16]}… "

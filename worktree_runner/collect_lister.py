@@ -16,6 +16,7 @@ by (device, inode, size, mtime, ctime): ctime cannot be set from user space, so 
 changed in any way is hashed again, and an unchanged multi-GB checkpoint is not.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -191,7 +192,7 @@ class Lister:
             self.skip(key, rel, "temporary file")
             return
         if self.running and self.now - st.st_mtime < self.settle_s:
-            self.skip(key, rel, "being written (modified in the last %gs)" % self.settle_s)
+            self.skip(key, rel, f"being written (modified in the last {self.settle_s:g}s)")
             return
         digest = self.digest(key, path, rel, st)
         if digest is None:
@@ -234,17 +235,15 @@ def load_cache(path):
 def save_cache(path, old, new):
     if not path or new == old:
         return
-    tmp = path + ".%d.tmp" % os.getpid()
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "w") as fh:
             json.dump(new, fh)
         os.replace(tmp, path)
     except OSError:
         # A read-only worker dir only costs re-hashing next time.
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
 
 
 def list_worker(spec, now, settle_s):

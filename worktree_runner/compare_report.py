@@ -86,7 +86,7 @@ def fmt_bytes(value: float | None) -> str:
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
     if s < 3600:
@@ -184,21 +184,36 @@ def _best_info(branches: Sequence[BranchResult], key: str, how: str | None) -> s
 
 # ---------------------------------------------------------------- text formats
 
-def render_rich(cmp: Comparison, table: ReportTable, out: TextIO | None = None) -> None:
+def render_rich(cmp: Comparison, out: TextIO | None = None) -> None:
+    """The compact table, sized to the terminal: as many metric columns as fit (headline
+    metrics first); the info columns only on wide terminals."""
     from rich.console import Console
     from rich.table import Table
 
     console = Console(file=out) if out is not None else Console()
+    wide = console.width >= 140
+    budget = console.width - 45 - (55 if wide else 0)
+    table = build_table(cmp, compact=True,
+                        max_metrics=max(2, min(TERMINAL_METRICS, budget // 14)))
+    if not wide:
+        info = {k for k, _, _ in INFO_COLUMNS}
+        keep = [i for i, c in enumerate(table.columns) if c.key not in info]
+        table = ReportTable(tuple(table.columns[i] for i in keep),
+                            tuple(tuple(r[i] for i in keep) for r in table.rows))
     title = f"compare {cmp.run}" + (f" (Δ against {cmp.baseline})" if cmp.baseline else "")
     t = Table(title=title, title_justify="left")
     for c in table.columns:
-        t.add_column(c.header, justify="left" if c.key in ("name", "state", "commit", "host",
-                                                           "note") else "right")
+        left = c.key in ("name", "state", "commit", "host", "note")
+        t.add_column(c.header, justify="left" if left else "right",
+                     no_wrap=c.key in ("name", "state", "commit"))
     for row in table.rows:
         t.add_row(*[f"[bold green]{c.text}[/]" if c.best else c.text for c in row])
     console.print(t)
     hidden = len(cmp.metrics) - sum(c.key in cmp.metrics for c in table.columns)
-    more = f"{hidden} more metric(s) in --format csv/json/html; " if hidden > 0 else ""
+    more = f"{hidden} more metric(s)" if hidden > 0 else ""
+    if not wide:
+        more += (" and " if more else "") + "time/throughput/size columns"
+    more = f"{more} in a wider terminal or --format csv/json/html; " if more else ""
     console.print(f"[dim]best per column in bold green (↑ higher / ↓ lower is better); {more}"
                   "`--format html` adds plots and code differences[/]")
 
@@ -420,8 +435,7 @@ def write_report(cmp: Comparison, fmt: str, out: Path | None,
             write(name, text)
 
     if fmt == "table":
-        render_rich(cmp, build_table(cmp, compact=True, max_metrics=TERMINAL_METRICS),
-                    stdout if stdout is not sys.stdout else None)
+        render_rich(cmp, stdout if stdout is not sys.stdout else None)
         if out is not None:
             for name, data in make_plots(cmp).items():
                 write(name, data)

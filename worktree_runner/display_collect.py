@@ -83,14 +83,18 @@ def _status(w: WorkerCollect) -> str:
 def print_collect(report: CollectReport, console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title=f"collect {report.run} → {report.dest}", title_justify="left")
-    for col in ("worker", "host", "state", "files", "bytes", "copied", "skipped", "result"):
-        table.add_column(col, justify="right" if col in ("files", "bytes") else "left")
+    several_hosts = len({w.host for w in report.workers}) > 1
+    columns = ["worker", *(["host"] if several_hosts else []), "state", "files", "copied",
+               "skipped", "result"]
+    for col in columns:
+        table.add_column(col, justify="right" if col in ("files", "copied", "skipped")
+                         else "left", no_wrap=col in ("result", "state"))
     for w in report.workers:
-        copied = (f"{w.transferred_files} files, {_bytes(w.transferred_bytes)}"
-                  f" ({w.transport})" if w.transferred_files or w.transferred_bytes
-                  else "nothing")
-        table.add_row(w.name, w.host, w.state, str(w.files), _bytes(w.bytes), copied,
-                      str(len(w.skipped)), _status(w))
+        copied = (f"{w.transferred_files} ({_bytes(w.transferred_bytes)})"
+                  if w.transferred_files or w.transferred_bytes else "—")
+        row = [w.name, *([w.host] if several_hosts else []), w.state,
+               f"{w.files} ({_bytes(w.bytes)})", copied, str(len(w.skipped)), _status(w)]
+        table.add_row(*row)
     console.print(table)
     for w in report.workers:
         if w.skipped:

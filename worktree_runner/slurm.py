@@ -277,7 +277,7 @@ w=$!
 # USR1 goes to the user's command only (the wrapper's grandchildren): its shell would die
 # of it, and helper processes (data loaders) must not see it.
 trap 'usr1=1; wt_parent=$w; for c in $(wt_kids); do wt_parent=$c;
-  for g in $c; do kill -USR1 "$g" 2>/dev/null; done; done' USR1
+  for g in $(wt_kids); do kill -USR1 "$g" 2>/dev/null; done; done' USR1
 trap 'kill -TERM "$w" 2>/dev/null' TERM
 while :; do
   wait "$w"
@@ -343,12 +343,21 @@ class Submission:
     script: str
     script_path: str
     links: tuple[tuple[str, str], ...] = ()  # (link, target): array output paths
+    # Sharded generation: the array of shard tasks runs pseudo-workers (task dirs) for
+    # `owner`; the owner's own job then waits for it (`--dependency=afterany:<array>`).
+    owner: WorkerRecord | None = None
+    task_env: tuple[Mapping[str, str], ...] = ()
+    after_previous: bool = False
 
 
 def plan_submissions(config: Config, hc: HostConfig, records: Sequence[WorkerRecord],
                      tag: str) -> list[Submission]:
     """Group workers by identical settings; big groups (or all, with array: true) become
     job arrays. `tag` keeps array file names of different launches apart."""
+    if len(records) == 1 and records[0].kind == "generate":
+        settings = slurm_settings(config, hc, None)
+        if settings.generate_tasks > 1:
+            return _plan_sharded_generate(records[0], settings)
     groups: dict[SlurmSettings, list[WorkerRecord]] = {}
     for rec in records:
         groups.setdefault(slurm_settings(config, hc, rec.name), []).append(rec)
@@ -376,28 +385,56 @@ def plan_submissions(config: Config, hc: HostConfig, records: Sequence[WorkerRec
     return subs
 
 
+def _plan_sharded_generate(rec: WorkerRecord, settings: SlurmSettings) -> list[Submission]:
+    """`generate` split over an array of N tasks, each with WT_RUN_TASK_INDEX/COUNT set and its
+    own wrapper files in `<worker dir>/tasks/<i>`, then the plain command once more after all
+    of them (afterany): it finds every shard done and writes the dataset's summary, or renders
+    what a failed task left, so the result equals one process's whatever happened."""
+    n = settings.generate_tasks
+    tasks = tuple(replace(rec, name=f"{rec.name}.{i}", worker_dir=f"{rec.worker_dir}/tasks/{i}")
+                  for i in range(n))
+    envs = tuple({"WT_RUN_TASK_INDEX": str(i), "WT_RUN_TASK_COUNT": str(n)} for i in range(n))
+    argv = sbatch_argv(rec, settings, output=f"{rec.worker_dir}/tasks/%a/log",
+                       name=f"wt-run:{rec.name}-tasks", array=n)
+    # Task dirs are named by index, so the output pattern needs no links; `%a` must survive.
+    argv = [a if not a.startswith("--output=") else
+            f"--output={_pattern_safe(rec.worker_dir)}/tasks/%a/log" for a in argv]
+    path = f"{rec.worker_dir}/tasks.sh"
+    array = Submission(tasks, tuple(argv), array_job_script(tasks, settings, [*argv, path]),
+                       path, owner=rec, task_env=envs)
+    final_argv = sbatch_argv(rec, settings, output=rec.log, name=f"wt-run:{rec.name}")
+    final_path = f"{rec.worker_dir}/job.sh"
+    shown = [*final_argv, "--dependency=afterany:<tasks job>", final_path]
+    final = Submission((rec,), tuple(final_argv), job_script(rec, settings, shown), final_path,
+                       after_previous=True)
+    return [array, final]
+
+
 _SUBMIT_FN = r"""
 wt_prep() {
   d=$1
-  mkdir -p "$d/out" || { echo "error $2 cannot create $d"; return 1; }
+  [ -d "$d/out" ] || { echo "error $2 cannot create $d"; return 1; }
   if [ -e "$d/pid" ] || [ -e "$d/exit" ] || [ -e "$d/job" ] || [ -e "$d/log" ]; then
     n=1
     while [ -e "$d/attempts/$n" ]; do n=$((n+1)); done
     mkdir -p "$d/attempts/$n"
-    for f in pid exit stop job log cmd.sh job.sh requeues; do
+    for f in pid exit stop job log cmd.sh job.sh requeues tasks tasks.sh; do
       if [ -e "$d/$f" ]; then mv -f "$d/$f" "$d/attempts/$n/"; fi
     done
   fi
   printf '%s' "$3" > "$d/cmd.sh"
 }
+NL='
+'
 E=$(mktemp) || exit 91
 trap 'rm -f "$E"' EXIT
 wt_sub() {
   i=$1
   shift
   if out=$("$@" 2>"$E" </dev/null) && [ -n "$out" ]; then
-    out=$(printf '%s\n' "$out" | tail -n 1)
-    echo "submitted $i ${out%%;*}"
+    out=${out##*"$NL"}
+    JOB=${out%%;*}
+    echo "submitted $i $JOB"
   else
     echo "error $i sbatch:" $(cat "$E")
   fi
@@ -408,7 +445,9 @@ wt_sub() {
 def submit_script(root: str, subs: Sequence[Submission], specs: Mapping[str, LaunchSpec]
                   ) -> str:
     """One script: install the wrapper, prepare every worker dir, submit every job."""
-    parts = ["umask 077", install_wrapper_script(root), _SUBMIT_FN]
+    # One mkdir for every worker dir: a process per worker would cost more than sbatch.
+    dirs = " ".join(q(f"{r.worker_dir}/out") for sub in subs for r in sub.records)
+    parts = ["umask 077", install_wrapper_script(root), f"mkdir -p {dirs}", _SUBMIT_FN]
     for i, sub in enumerate(subs):
         prep = " && ".join(f"wt_prep {q(r.worker_dir)} {i} {q(command_script(specs[r.name]))}"
                            for r in sub.records)
@@ -416,7 +455,14 @@ def submit_script(root: str, subs: Sequence[Submission], specs: Mapping[str, Lau
         steps += [f"mkdir -p {q(os.path.dirname(link))} && ln -sfn {q(target)} {q(link)}"
                   for link, target in sub.links]
         steps.append(f"printf '%s' {q(sub.script)} > {q(sub.script_path)}")
-        steps.append(f"wt_sub {i} {shlex.join(sub.argv)} {q(sub.script_path)}")
+        if sub.after_previous:
+            steps.append(f'[ -n "$JOB" ] && wt_sub {i} {shlex.join(sub.argv)} '
+                         f'"--dependency=afterany:$JOB" {q(sub.script_path)}')
+        else:
+            steps.append(f"JOB= && wt_sub {i} {shlex.join(sub.argv)} {q(sub.script_path)}")
+        if sub.owner is not None:
+            # stop/cancel find the shard tasks' array through this file
+            steps.append(f'printf "%s\\n" "$JOB" > {q(sub.owner.worker_dir + "/tasks/job")}')
         parts.append(" &&\n".join(steps))
     return "\n".join(parts) + "\n"
 
@@ -432,8 +478,13 @@ def submit_slurm(config: Config, hc: HostConfig, records: Sequence[WorkerRecord]
     tag = f"{int(time.time() * 1000):x}"
     subs = plan_submissions(config, hc, records, tag)
     layout_data = _data_path(config, records[0])
-    specs = {r.name: LaunchSpec(r.name, r.worker_dir, r.worktree, r.command,
-                                worker_env(config, r, layout_data)) for r in records}
+    specs: dict[str, LaunchSpec] = {}
+    for sub in subs:
+        envs = sub.task_env or ({},) * len(sub.records)
+        for r, extra in zip(sub.records, envs):
+            owner = sub.owner or r
+            specs[r.name] = LaunchSpec(r.name, r.worker_dir, r.worktree, r.command,
+                                       {**worker_env(config, owner, layout_data), **extra})
     with open_slurm_host(config, hc) as host:
         result = host.run_script(submit_script(_root_of(records[0]), subs, specs),
                                  timeout=hc.command_timeout).check()
@@ -449,8 +500,11 @@ def submit_slurm(config: Config, hc: HostConfig, records: Sequence[WorkerRecord]
         sub = subs[int(index)]
         seen.add(int(index))
         if kind == "error":
-            errors += [f"{r.name}: {value.strip()}" for r in sub.records]
+            errors += [f"{r.name}: {value.strip()}"
+                       for r in ((sub.owner,) if sub.owner else sub.records)]
             continue
+        if sub.owner is not None:
+            continue  # shard tasks: their owner's job (submitted next) is the record
         job = value.strip()
         for i, rec in enumerate(sub.records):
             job_id = f"{job}_{i}" if sub.links else job
@@ -458,7 +512,7 @@ def submit_slurm(config: Config, hc: HostConfig, records: Sequence[WorkerRecord]
                                      exit_code=None, signal=None, pid=None, started_at=None,
                                      ended_at=None, scheduler_state=None, reason=None))
     for i, sub in enumerate(subs):
-        if i not in seen:
+        if i not in seen and not (sub.after_previous and errors):
             errors += [f"{r.name}: not submitted ({result.stderr.strip()[-200:]})"
                        for r in sub.records]
     return submitted, errors
@@ -592,6 +646,7 @@ wt_mark() {
   if [ -f "$1/exit" ]; then echo "done $2"; return 0; fi
   : > "$1/stop"
   J="$J${J:+,}$3"
+  if [ -f "$1/tasks/job" ]; then read -r a < "$1/tasks/job" && J="$J${a:+,}$a"; fi
 }
 """
 

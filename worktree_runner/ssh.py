@@ -48,12 +48,25 @@ log = logging.getLogger("wt_run.ssh")
 
 SSH_CONFIG_ENV = "WT_RUN_SSH_CONFIG"
 # The script is read whole before it runs, so nothing it starts can swallow the rest of it
-# from stdin; the command line itself never changes and so never carries user data.
-REMOTE_COMMAND = "sh -c 'eval \"$(cat)\"'"
+# from stdin, and it runs only if its end marker arrived: a connection cut mid-upload must
+# not run a truncated script (a cut `rm -rf -- /a/b/c` could read `rm -rf -- /a`). The
+# command line itself never changes and so never carries user data.
+SCRIPT_END = "#wt-run:end-of-script"
+REMOTE_COMMAND = (
+    "sh -c 's=$(cat); case $s in *" + SCRIPT_END + ") eval \"$s\" ;; "
+    "*) echo \"wt-run: script arrived incomplete; not run\" >&2; exit 97 ;; esac'"
+)
 CONNECT_ATTEMPTS = 3
 BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 4.0
 KEEPALIVE_S = 15
+
+
+class CommandInterrupted(HostUnreachable):
+    """The connection failed after a script was sent: it may have run, partly or wholly.
+    Callers must not simply send it again (a launch would start workers twice)."""
+
+    maybe_ran = True
 
 
 class SSHAuthFailed(HostUnreachable):
@@ -329,8 +342,14 @@ class SSHHost(Host):
         try:
             chan.settimeout(timeout or None)
             chan.exec_command(REMOTE_COMMAND)
-            chan.sendall(script.encode())
+            chan.sendall(f"{script}\n{SCRIPT_END}\n".encode())
             chan.shutdown_write()
+        except Exception as exc:
+            _quiet(chan.close)
+            # Before the end marker the host runs nothing, so this failure is safe to retry.
+            raise HostUnreachable(self.name, f"connection lost: {_describe(exc)}",
+                                  "check the host, then retry") from None
+        try:
             while True:
                 got = False
                 while chan.recv_ready():
@@ -349,28 +368,31 @@ class SSHHost(Host):
                 if deadline is not None:
                     wait = deadline - time.monotonic()
                     if wait <= 0:
-                        raise HostUnreachable(
+                        raise CommandInterrupted(
                             self.name, f"command did not finish within {timeout:g} s",
                             f"check the host's load; raise command_timeout for hosts.{self.name}")
                 select.select([chan], [], [], min(wait, 1.0))
             on_out(decode_out.decode(b"", final=True))
             on_err(decode_err.decode(b"", final=True))
-            if not chan.exit_status_ready():
-                raise HostUnreachable(self.name, "connection lost while a command ran",
+            # -1: the session ended without an exit status (the connection died, or sshd
+            # killed the session); the command may or may not have run to its end.
+            code = chan.recv_exit_status() if chan.exit_status_ready() else -1
+            if code < 0:
+                raise CommandInterrupted(self.name, "connection lost while a command ran",
                                       "check the host; `wt-run status` shows what happened")
-            return chan.recv_exit_status()
+            return code
         except TimeoutError:
-            raise HostUnreachable(self.name, f"command did not finish within {timeout:g} s",
-                                  f"raise command_timeout for hosts.{self.name}") from None
+            raise CommandInterrupted(self.name, f"command did not finish within {timeout:g} s",
+                                     f"raise command_timeout for hosts.{self.name}") from None
         except (OSError, EOFError) as exc:
-            raise HostUnreachable(self.name, f"connection lost: {_describe(exc)}",
-                                  "check the host, then retry") from None
+            raise CommandInterrupted(self.name, f"connection lost: {_describe(exc)}",
+                                     "check the host, then retry") from None
         except Exception as exc:
             from paramiko import SSHException
 
             if isinstance(exc, SSHException):
-                raise HostUnreachable(self.name, f"connection lost: {_describe(exc)}",
-                                      "check the host, then retry") from None
+                raise CommandInterrupted(self.name, f"connection lost: {_describe(exc)}",
+                                         "check the host, then retry") from None
             raise
         finally:
             _quiet(chan.close)

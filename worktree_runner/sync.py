@@ -456,7 +456,8 @@ def _setup_script(config: Config, hc: HostConfig, paths: _RemotePaths, commit: s
                      '[ -d "$G/.git" ] || echo "would create-repo"\n'
                      "refuse() { printf 'refuse %s\\n' \"$*\"; exit 3; }\n"
                      "failed() { printf 'failed %s\\n' \"$1\"; exit 5; }\n"
-                     'E=/dev/null\n')
+                     # No error file: in a dry run nothing that would write one runs.
+                     "E=\n")
     parts.append(
         # The repository's checkout follows this machine's HEAD (requirements come from it).
         'cur=$(git -C "$G" rev-parse -q --verify HEAD 2>/dev/null)\n'
@@ -513,7 +514,7 @@ def _setup_script(config: Config, hc: HostConfig, paths: _RemotePaths, commit: s
         "    echo setup-ran\n"
         "  fi\n"
         "fi\n"
-        'rm -f "$E" 2>/dev/null\n'
+        'if [ -n "$E" ] && [ -f "$E" ]; then rm -f "$E"; fi\n'
     )
     return "\n".join(parts)
 

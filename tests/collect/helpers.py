@@ -26,6 +26,7 @@ p.add_argument("--quality", type=float, default=0.5)
 p.add_argument("--epochs", type=int, default=3)
 p.add_argument("--mode", default="jsonl")  # jsonl | tensorboard | fail | slow
 p.add_argument("--ckpt-kib", type=int, default=64)
+p.add_argument("--ckpts", type=int, default=1)
 a = p.parse_args()
 os.makedirs(a.out, exist_ok=True)
 os.makedirs("results", exist_ok=True)
@@ -63,8 +64,10 @@ for epoch in range(1, a.epochs + 1):
         print("diverged: loss is nan", file=sys.stderr)
         sys.exit(3)
 os.makedirs(os.path.join(a.out, "checkpoints"), exist_ok=True)
-with open(os.path.join(a.out, "checkpoints", "last.pt"), "wb") as fh:
-    fh.write(os.urandom(a.ckpt_kib * 1024))
+for i in range(a.ckpts):
+    name = "last.pt" if i == a.ckpts - 1 else "epoch-%d.pt" % i
+    with open(os.path.join(a.out, "checkpoints", name), "wb") as fh:
+        fh.write(os.urandom(a.ckpt_kib * 1024))
 if writer is not None:
     writer.close()
 else:
@@ -81,7 +84,7 @@ print("done")
 '''
 
 COMMAND = ("{python} train.py --out {out} --quality {quality} --mode {mode} "
-           "--ckpt-kib {ckpt_kib}")
+           "--ckpt-kib {ckpt_kib} --ckpts {ckpts}")
 
 
 def git(repo: Path, *args: str) -> str:
@@ -117,7 +120,7 @@ def make_training_repo(path: Path, branches: Mapping[str, Mapping[str, Any]],
         "branches": {
             name: {"branch": f"exp/{name}",
                    "vars": {"python": sys.executable, "quality": 0.5, "mode": "jsonl",
-                            "ckpt_kib": 64, **v}}
+                            "ckpt_kib": 64, "ckpts": 1, **v}}
             for name, v in branches.items()},
         "commands": {"train": COMMAND},
         "collect": list(collect),

@@ -34,7 +34,7 @@ def test_collect_layout_attempts_and_second_collect_moves_nothing(tmp_path: Path
     wt(cfg, "launch", "--branches", "good", "tb", "bad", "--wait", ok=False)  # bad fails
     run = latest_run(cfg)
     # Relaunch one worker in the same run: its first log moves to attempts/1/.
-    wt(cfg, "launch", "--branches", "good", "--run", run, "--wait")
+    wt(cfg, "launch", "--branches", "good", "--run", run, "--wait", ok=False)  # bad still failed
 
     result = wt(cfg, "collect")
     assert "collected" in result.output

@@ -54,6 +54,19 @@ elif mode == "killwrapper":
     pid = int((out.parent / "pid").read_text().split()[0])
     os.kill(pid, signal.SIGKILL)
     time.sleep(600)
+elif mode == "gen":
+    # A sharded generator: a task writes its shard; the final run (no task index) checks
+    # every shard is there and writes the summary.
+    data = Path(sys.argv[2])
+    data.mkdir(parents=True, exist_ok=True)
+    index, count = os.environ.get("WT_RUN_TASK_INDEX"), os.environ.get("WT_RUN_TASK_COUNT")
+    if index is not None:
+        (data / f"shard-{index}-of-{count}").write_text(os.environ.get("SLURM_ARRAY_JOB_ID", ""))
+        print("task", index, "of", count, flush=True)
+    else:
+        shards = sorted(p.name for p in data.glob("shard-*"))
+        (data / "COMPLETE").write_text(" ".join(shards))
+        print("final run saw", len(shards), "shards", flush=True)
 elif mode == "args":
     (out / "args.json").write_text(json.dumps({"argv": sys.argv[1:],
                                                "env": os.environ.get("HOSTILE", "")}))
@@ -84,7 +97,8 @@ def make_project(tmp: Path, branches: dict[str, dict[str, Any]], *, root: Path,
         "hosts": {"hpc": {"type": "slurm", "via": "local", "root": str(root),
                           **(host or {})}},
         "branches": branches,
-        "commands": {"train": command or f"{sys.executable} worker.py {{mode}}"},
+        "commands": {"train": command or f"{sys.executable} worker.py {{mode}}",
+                     "generate": f"{sys.executable} worker.py gen {{data}}"},
     }
     path = repo / "wt-run.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,7 +156,7 @@ def test_hostile_names_and_values(cluster: SlurmCluster, tmp_path: Path) -> None
         "we.ird-1": {"branch": "exp/we+ird.v1", "vars": {"mode": "args", "extra": hostile},
                      "env": {"HOSTILE": hostile},
                      "slurm": {"sbatch_args": [f"--comment={hostile.splitlines()[0]}"]}},
-    }, root=root, command=f"{os.sys.executable} worker.py {{mode}} {{extra}}")
+    }, root=root, command=f"{sys.executable} worker.py {{mode}} {{extra}}")
     wt = WtRun(config)
     wt("launch", "--branches", "we.ird-1")
     ws = wt.wait_states({"we.ird-1": "succeeded"})
@@ -164,3 +165,20 @@ def test_hostile_names_and_values(cluster: SlurmCluster, tmp_path: Path) -> None
     assert not list(tmp_path.rglob("pwned"))
     assert ws["we.ird-1"]["branch"] == "exp/we+ird.v1"
     assert Path(ws["we.ird-1"]["log"]).is_file()
+
+
+def test_generate_split_over_array_tasks(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """generate_tasks: 3 runs the generate command as 3 array tasks (WT_RUN_TASK_INDEX and
+    WT_RUN_TASK_COUNT set), then once more without them after all tasks ended."""
+    root = tmp_path / "shared"
+    wt = WtRun(make_project(tmp_path, {}, root=root, host={"generate_tasks": 3}))
+    wt("generate", "--host", "hpc")
+    ws = wt.wait_states({"generate": "succeeded"})
+    data = root / "repo" / "data"
+    assert (data / "COMPLETE").read_text() == "shard-0-of-3 shard-1-of-3 shard-2-of-3"
+    arrays = {(data / f"shard-{i}-of-3").read_text() for i in range(3)}
+    assert len(arrays) == 1 and arrays != {""}
+    assert "final run saw 3 shards" in wt("logs", "generate")
+    for i in range(3):
+        assert f"task {i} of 3" in (Path(ws["generate"]["log"]).parent / "tasks" / str(i)
+                                    / "log").read_text()

@@ -68,24 +68,27 @@ def test_sshd_killed_during_status_then_back(tmp_path, sshd_servers, monkeypatch
     (a,) = sshd_servers(1)
     _repo, _roots, config = _setup(tmp_path, monkeypatch, [a], ["v1"], secs=120)
     assert run_cli(config, "launch", "--branches", "v1", "--host", "h1").exit_code == 0
-    doc = wait_states(config, {"v1": "running"})
-    # The status script reads progress.json; as a FIFO it blocks there until we let it go,
-    # so sshd can be killed while the status round trip is in flight.
-    fifo = Path(doc["workers"][0]["out"], "progress.json")
+    wait_states(config, {"v1": "running"})
+    # Hold the next remote command on a FIFO before it reads its script, so that sshd can be
+    # killed while the status round trip is in flight.
+    fifo = tmp_path / "hold"
     os.mkfifo(fifo)
+    plain = wt_ssh.REMOTE_COMMAND
+    monkeypatch.setattr(wt_ssh, "REMOTE_COMMAND", f"cat {fifo} >/dev/null; {plain}")
     box: dict[str, object] = {}
     cfg = load_config(config)
+    wt_ssh.close_all()
     thread = threading.Thread(target=lambda: box.setdefault("report", api.status(cfg)))
     thread.start()
     writer = wait_for(lambda: _open_fifo_writer(fifo), timeout=30)
     a.kill()
     thread.join(timeout=60)
     os.close(writer)
+    monkeypatch.setattr(wt_ssh, "REMOTE_COMMAND", plain)
     report = box["report"]
     assert [w.state.value for w in report.workers] == ["unknown"]
     assert "connection lost" in (report.workers[0].obs.reason or "")
     assert report.hosts[0].reachable is False
-    fifo.unlink()
     a.start()
     # Same process, stale pooled connection: reconnects and shows the true state again.
     assert [w.state.value for w in api.status(cfg).workers] == ["running"]
@@ -112,6 +115,7 @@ def test_one_of_three_hosts_down(tmp_path, sshd_servers, monkeypatch):  # noqa: 
     assert table.exit_code == 0 and "unreachable" in table.output
     # A host that accepts TCP but never speaks SSH times out instead of hanging status.
     silent = socket.socket()
+    silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     silent.bind(("127.0.0.1", servers[1].port))
     silent.listen()
     try:
@@ -184,9 +188,10 @@ def test_auth_failure_is_clear_and_not_retried(tmp_path, sshd_servers, monkeypat
     assert result.exit_code == 1
     assert "authentication failed for user" in result.output and str(wrong) in result.output
     assert "authorized_keys" in result.output
-    # Exactly one attempt reached sshd.
-    attempts = wait_for(lambda: a.log_text().count("Connection closed by authenticating user"))
-    assert attempts == 1
+    # Exactly one attempt reached sshd (a retry could not fix a wrong key).
+    wait_for(lambda: a.log_text().count("Connection from "), timeout=10)
+    assert a.log_text().count("Connection from ") == 1
+    assert "Failed publickey for" in a.log_text()
 
 
 def test_hostile_env_value_and_root_path(tmp_path, sshd_servers, monkeypatch):  # noqa: F811
@@ -289,7 +294,66 @@ def test_proxyjump_alias(tmp_path, sshd_servers, monkeypatch):  # noqa: F811
                           {"behind": ssh_host("behind", tmp_path / "root-behind")}, ["v1"])
     result = run_cli(config, "launch", "--branches", "v1", "--host", "behind")
     assert result.exit_code == 0, result.output
-    wait_states(config, {"v1": "succeeded"})
     # The jump host carried the connection: one login on each (none on the jump host if
     # ProxyJump were ignored).
     assert jump.wait_connection_count(1) == 1 and target.wait_connection_count(1) == 1
+    wait_states(config, {"v1": "succeeded"})
+
+
+def test_launch_cut_after_sending_is_not_resent(tmp_path, sshd_servers, monkeypatch):  # noqa: F811
+    (a,) = sshd_servers(1)
+    _repo, _roots, config = _setup(tmp_path, monkeypatch, [a], ["v1"], secs=2)
+    # The connection dies right after the launch script ran (held on a FIFO, then sshd is
+    # killed): the workers started once, the command reports it, and nothing is re-sent.
+    fifo = tmp_path / "hold"
+    os.mkfifo(fifo)
+    plain = wt_ssh.REMOTE_COMMAND
+    real_run = wt_ssh.SSHHost.run_script
+
+    def run_script(self, script, *, timeout=None):
+        if "wt_launch()" in script:
+            monkeypatch.setattr(wt_ssh, "REMOTE_COMMAND", f"{plain}; cat {fifo} >/dev/null")
+        try:
+            return real_run(self, script, timeout=timeout)
+        finally:
+            monkeypatch.setattr(wt_ssh, "REMOTE_COMMAND", plain)
+
+    monkeypatch.setattr(wt_ssh.SSHHost, "run_script", run_script)
+    box: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: box.setdefault(
+        "result", run_cli(config, "launch", "--branches", "v1", "--host", "h1")))
+    thread.start()
+    writer = wait_for(lambda: _open_fifo_writer(fifo), timeout=60)
+    a.kill()
+    thread.join(timeout=60)
+    os.close(writer)
+    result = box["result"]
+    assert result.exit_code == 1
+    assert "may have started" in result.output and "nothing was retried" in result.output
+    a.start()
+    doc = wait_states(config, {"v1": "succeeded"})
+    worker_dir = Path(doc["workers"][0]["out"]).parent
+    assert not (worker_dir / "attempts").exists()
+    assert (worker_dir / "log").read_text().count("finished v1") == 1
+
+
+def test_truncated_script_is_not_run(tmp_path, sshd_servers, monkeypatch):  # noqa: F811
+    (a,) = sshd_servers(1)
+    monkeypatch.setenv("WT_RUN_SSH_CONFIG",
+                       str(write_ssh_config(tmp_path / "ssh_config", {"h1": a})))
+    from worktree_runner.config import HostConfig
+
+    host = wt_ssh.SSHHost(HostConfig(name="h1", type="ssh", address="h1", root=str(tmp_path)))
+    try:
+        marker = tmp_path / "ran"
+        assert host.run_script(f"touch {marker}").exit_code == 0 and marker.exists()
+        marker.unlink()
+        # What a cut connection delivers: the script without its end marker.
+        chan = host._open_channel()
+        chan.exec_command(wt_ssh.REMOTE_COMMAND)
+        chan.sendall(f"touch {marker}\n".encode())
+        chan.shutdown_write()
+        assert chan.recv_exit_status() == 97
+        assert not marker.exists()
+    finally:
+        host.really_close()

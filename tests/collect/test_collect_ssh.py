@@ -1,0 +1,124 @@
+"""`collect` from an SSH host (a real sshd on 127.0.0.1; the worker was launched there with
+`wt-run launch --host gpu --wait`), over rsync and over SFTP: verified copies, an unchanged
+collect that moves no data and opens one connection, corruption caught, and an interrupted
+rsync that resumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.collect.helpers import latest_run, make_training_repo, tree, wt
+from tests.collect.test_collect import _Tamper
+from tests.servers.fixtures import sshd_server  # noqa: F401
+from tests.servers.sshd import SSHServer
+from worktree_runner import ssh as wt_ssh
+from worktree_runner.collect import CollectObserver, collect
+from worktree_runner.config import load_config
+from worktree_runner.runs import RunStore
+
+pytestmark = pytest.mark.ssh
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pool():
+    wt_ssh.close_all()
+    yield
+    wt_ssh.close_all()
+
+
+def _remote_run(tmp_path: Path, server: SSHServer, monkeypatch: pytest.MonkeyPatch,
+                **vars_: object) -> tuple[Path, str]:
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(server.ssh_config_entry("gpu"))
+    monkeypatch.setenv("WT_RUN_SSH_CONFIG", str(ssh_config))
+    cfg = make_training_repo(tmp_path / "repo", {"a": {"quality": 0.7, **vars_}}, hosts={
+        "local": {"type": "local"},
+        "gpu": {"type": "ssh", "address": "gpu", "root": str(tmp_path / "remote"),
+                "connect_timeout": 5, "command_timeout": 60}})
+    wt(cfg, "launch", "--branches", "a", "--host", "gpu", "--wait")
+    wt_ssh.close_all()
+    return cfg, latest_run(cfg)
+
+
+def _remote_files(cfg: Path, run: str) -> dict[str, bytes]:
+    rec = RunStore(cfg.parent / ".wt-run").load(run).workers["a"]
+    files = {f"out/{k}": v for k, v in tree(Path(rec.out)).items()}
+    files["log"] = Path(rec.log).read_bytes()
+    files["worktree/results/summary.txt"] = Path(
+        rec.worktree, "results", "summary.txt").read_bytes()
+    return files
+
+
+@pytest.mark.parametrize("transport", ["rsync", "sftp"])
+def test_ssh_collect_verified_then_unchanged_collect_moves_nothing(
+        tmp_path: Path, sshd_server: SSHServer, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        transport: str) -> None:
+    cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch)
+    config = load_config(cfg)
+    dest = tmp_path / "repo" / "results" / run / "a"
+    before = sshd_server.connection_count()
+    report = collect(config, run=run, transport=transport)
+    w = report.workers[0]
+    assert w.ok and w.marked and w.transport == transport
+    remote = _remote_files(cfg, run)
+    assert tree(dest) | {"worker.json": b""} == remote | {"worker.json": b""}
+    assert w.transferred_files == len(remote)
+    # rsync: the listing connection plus one shared OpenSSH connection; SFTP: just one.
+    expected = before + (2 if transport == "rsync" else 1)
+    assert sshd_server.wait_connection_count(expected) == expected
+
+    wt_ssh.close_all()
+    report = collect(config, run=run, transport=transport)
+    w = report.workers[0]
+    assert (w.transferred_files, w.transferred_bytes, w.transport) == (0, 0, "none")
+    assert w.ok and w.files == len(remote)
+    # The unchanged collect is one round trip on one connection: no rsync, no SFTP.
+    assert sshd_server.wait_connection_count(expected + 1) == expected + 1
+
+
+def test_ssh_corruption_is_detected(tmp_path: Path, sshd_server: SSHServer,  # noqa: F811
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch)
+    rec = RunStore(cfg.parent / ".wt-run").load(run).workers["a"]
+    ckpt = Path(rec.out) / "checkpoints" / "last.pt"
+    report = collect(load_config(cfg), run=run, transport="rsync", observer=_Tamper(ckpt))
+    w = report.workers[0]
+    assert not w.ok and not w.marked
+    assert any("checksum mismatch" in e for e in w.errors)
+    assert not (tmp_path / "repo" / "results" / run / "a" / "out" / "checkpoints"
+                / "last.pt").exists()
+    assert RunStore(cfg.parent / ".wt-run").load(run).workers["a"].collected_at is None
+
+
+class _StopAfterFirstFile(CollectObserver):
+    def file_done(self) -> None:
+        raise KeyboardInterrupt
+
+
+def test_ssh_interrupted_rsync_resumes(tmp_path: Path, sshd_server: SSHServer,  # noqa: F811
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch, ckpts=6, ckpt_kib=4096)
+    config = load_config(cfg)
+    remote = _remote_files(cfg, run)
+    with pytest.raises(KeyboardInterrupt):
+        collect(config, run=run, transport="rsync", observer=_StopAfterFirstFile())
+    dest = tmp_path / "repo" / "results" / run / "a"
+    # Nothing reached a final path; what rsync finished waits in staging.
+    assert not (dest / "out").exists() and not (dest / "log").exists()
+    staging = dest / ".collect" / "incoming"
+    staged = {f"{p.relative_to(staging / 'worker').as_posix()}" for p in
+              (staging / "worker").rglob("*") if p.is_file()
+              and ".rsync-partial" not in p.parts and not p.name.startswith(".")}
+    complete = {k for k in staged if k in remote and (staging / "worker" / k).read_bytes()
+                == remote[k]}
+    assert complete and len(complete) < len(remote)  # the worktree root was never reached
+
+    wt_ssh.close_all()
+    report = collect(config, run=run, transport="rsync")
+    w = report.workers[0]
+    assert w.ok and w.marked
+    assert tree(dest) | {"worker.json": b""} == remote | {"worker.json": b""}
+    # Resumed: the files completed before the interrupt were not sent again.
+    assert w.transferred_files == len(remote) - len(complete)

@@ -25,7 +25,9 @@ from .hosts import Host
 q = shlex.quote
 
 # `kill -TERM 0` forwards a signal sent to the wrapper alone to the whole process group.
-# The guard keeps the wrapper from signalling itself in a loop.
+# The guard keeps the wrapper from signalling itself in a loop. USR1 (checkpoint now) goes to
+# the command's processes, not to the `sh cmd.sh` between them, which has no handler and
+# would die from it, leaving the command orphaned.
 WRAPPER = r"""# wt-run worker wrapper: sh wrapper.sh WORKER_DIR
 d=$1
 read -r boot < /proc/sys/kernel/random/boot_id
@@ -40,7 +42,7 @@ if [ -e "$d/stop" ]; then
 fi
 fwd=0
 trap 'if [ $fwd = 0 ]; then fwd=1; kill -TERM 0 2>/dev/null; fi' TERM INT HUP
-trap 'kill -USR1 "$child" 2>/dev/null' USR1
+trap 'pkill -USR1 -P "$child" 2>/dev/null' USR1
 sh "$d/cmd.sh" &
 child=$!
 while :; do

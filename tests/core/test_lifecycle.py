@@ -240,3 +240,23 @@ def test_progress_and_eta_from_progress_json(repo_factory) -> None:
     assert "25% (epoch 1/4)" in table
     wt("stop", "p")
     wt.wait_states({"p": "stopped"})
+
+
+def test_usr1_to_wrapper_reaches_the_command_not_its_shell(repo_factory) -> None:
+    script = ("import os, signal, time\n"
+              "def on_usr1(*_):\n"
+              "    open(os.path.join(os.environ['WT_RUN_OUT'], 'checkpoint'), 'w').write('x')\n"
+              "    raise SystemExit(75)\n"
+              "signal.signal(signal.SIGUSR1, on_usr1)\n"
+              "print('ready', flush=True)\n"
+              "time.sleep(300)\n")
+    repo = repo_factory(files={"u.py": script})
+    wt = WtRun(repo, write_config(repo, basic_config(["u"], "python u.py", stop_grace=1)))
+    wt("launch", "--branches", "u")
+    wt.wait_states({"u": "running"})
+    worker = wt.status()["workers"][0]
+    wt.wait_for(lambda s: "ready" in Path(worker["log"]).read_text())
+    os.kill(worker["pid"], signal.SIGUSR1)
+    wt.wait_states({"u": "failed"})
+    assert wt.status()["workers"][0]["exit_code"] == 75
+    assert (Path(worker["out"]) / "checkpoint").read_text() == "x"

@@ -236,6 +236,7 @@ def test_gpu_slots_over_ssh(tmp_path, sshd_servers, monkeypatch):  # noqa: F811
     assert "2 free GPU(s) of 2" in too_many.output and "3 worker(s)" in too_many.output
     assert run_cli(config, "launch", "--branches", "v1", "v2", "--host", "h1").exit_code == 0
     doc = wait_states(config, {"v1": "running", "v2": "running"})
+    first_run = doc["run"]
     gpus = {w["name"]: Path(w["out"], "gpu").read_text() for w in doc["workers"]}
     assert sorted(gpus.values()) == ["0", "1"]
     # Both GPUs are held by live workers (seen over SSH): a new run cannot get one.
@@ -251,9 +252,8 @@ def test_gpu_slots_over_ssh(tmp_path, sshd_servers, monkeypatch):  # noqa: F811
                    and d)
     v3 = next(w for w in doc["workers"] if w["name"] == "v3")
     assert Path(v3["out"], "gpu").read_text() == "1"
-    run_cli(config, "stop", "--all")
-    latest = run_cli(config, "stop", "--all", "--run", doc["run"])
-    assert latest.exit_code == 0
+    for run in (first_run, doc["run"]):
+        assert run_cli(config, "stop", "--all", "--run", run).exit_code == 0
 
 
 def test_nonroot_remote_user(tmp_path, sshd_server_nonroot, monkeypatch):  # noqa: F811

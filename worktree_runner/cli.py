@@ -179,13 +179,14 @@ def _live_status(state: AppState, run: str | None, until_done: bool, interval: f
     console = make_console()
     report = api.status(state.config, run)
     if not console.is_terminal:
-        # Logs and CI: print a table only when something changed.
+        # Logs and CI: print a table when a state changes, and every 30 s for progress.
         last = None
+        printed = 0.0
         while True:
             key = [(w.record.name, w.state.value) for w in report.workers]
-            if key != last:
+            if key != last or time.monotonic() - printed >= 30:
                 console.print(status_renderable(report))
-                last = key
+                last, printed = key, time.monotonic()
             if until_done and report.done:
                 return report
             time.sleep(interval)

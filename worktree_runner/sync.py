@@ -72,7 +72,12 @@ def prepare_remote_worktrees(config: Config, host_name: str, branches: Sequence[
     wanted = [_local_commit(config, b) for b in branches]
     with open_host(config, host_name) as host:
         paths = _RemotePaths.of(host.root, config)
-        inventory = _inventory(host, paths, [w.commit for w in wanted])
+        needed = [rel for rel in config.shared if rel.strip("/") != paths.data]
+        inventory = _inventory(host, paths, [w.commit for w in wanted], needed)
+        if inventory.missing_shared:
+            # Refused before anything is created or uploaded on the host.
+            raise _refusal(f"shared-missing {inventory.missing_shared[0]}", host.name,
+                           None, paths)
         if dry_run:
             return [(b, paths.worktree(b.name), w.commit) for b, w in zip(branches, wanted)]
         script = _worktrees_script(config, paths, branches, wanted, force)
@@ -232,25 +237,33 @@ class _Inventory:
     repo_exists: bool
     tips: tuple[str, ...] = ()
     present: frozenset[str] = field(default_factory=frozenset)
+    missing_shared: tuple[str, ...] = ()
 
 
-def _inventory(host: Host, paths: _RemotePaths, commits: Sequence[str]) -> _Inventory:
-    """One read-only round trip: does the repo exist, its ref tips, which commits it has."""
+def _inventory(host: Host, paths: _RemotePaths, commits: Sequence[str],
+               shared: Sequence[str] = ()) -> _Inventory:
+    """One read-only round trip: does the repo exist, its ref tips, which commits it has,
+    which of the given shared paths are missing."""
     checks = "".join(
         f'  git -C "$G" cat-file -e {q(c + "^{commit}")} 2>/dev/null && echo "have {c}"\n'
         for c in dict.fromkeys(commits))
+    checks += "".join(f'  [ -e "$G"/{q(rel)} ] || echo "noshared {i}"\n'
+                      for i, rel in enumerate(shared))
+    no_repo = "".join(f'  echo "noshared {i}"\n' for i in range(len(shared)))
     script = (f"R={q(paths.root)}\nG={q(paths.repo)}\n"
               '[ -d "$R" ] && echo root\n'
               'if [ -d "$G/.git" ]; then\n  echo repo\n'
               '  git -C "$G" for-each-ref --format="tip %(objectname)" 2>/dev/null\n'
-              f"{checks}fi\n"
+              f"{checks}" + (f"else\n{no_repo}" if no_repo else "") + "fi\n"
               "exit 0\n")
     result = host.run_script(script)
     _raise_for(result, host.name)
     lines = result.stdout.split("\n")
+    missing = {int(x[9:]) for x in lines if x.startswith("noshared ")}
     return _Inventory("root" in lines, "repo" in lines,
                       tuple(dict.fromkeys(x[4:] for x in lines if x.startswith("tip "))),
-                      frozenset(x[5:] for x in lines if x.startswith("have ")))
+                      frozenset(x[5:] for x in lines if x.startswith("have ")),
+                      tuple(rel for i, rel in enumerate(shared) if i in missing))
 
 
 @dataclass(frozen=True)
@@ -527,11 +540,11 @@ def _setup_report(host_name: str, paths: _RemotePaths, stdout: str, commit: str,
     seen = stdout.splitlines()
     words = {line.split(" ", 1)[0] for line in seen}
     if dry_run:
+        if bundle_note:
+            out.append(f"Would send commit {short} to {host_name} (git bundle)")
         for line in seen:
             if line.startswith("would "):
-                out.append(f"Would {line[6:]} on {host_name}")
-        if bundle_note:
-            out.append(f"Would send commit {short} to {host_name}")
+                out.append(_would(line[6:], host_name, paths, short))
         if not out:
             out.append(f"host {host_name}: up to date (nothing would change)")
         return out
@@ -575,6 +588,20 @@ def _setup_report(host_name: str, paths: _RemotePaths, stdout: str, commit: str,
             out.append("setup commands: up to date")
     out.append(f"host {host_name}: {'ready' if changed else 'up to date'}")
     return out
+
+
+def _would(action: str, host_name: str, paths: _RemotePaths, short: str) -> str:
+    verb, _, rest = action.partition(" ")
+    texts = {
+        "create-root": f"Would create root {paths.root} (mode 700)",
+        "create-repo": f"Would create repository {paths.repo}",
+        "checkout": f"Would check out {short} in {paths.repo}",
+        "venv": f"Would create virtualenv {paths.repo}/.venv (--system-site-packages)",
+        "install": f"Would install requirements ({rest})",
+        "create": f"Would create shared path {rest}",
+        "run": "Would run the setup: lines",
+    }
+    return f"{texts.get(verb, 'Would ' + action)} on {host_name}"
 
 
 # ---------------------------------------------------------------------- results
@@ -622,8 +649,8 @@ def _raise_for(result: CommandResult, host_name: str, paths: _RemotePaths | None
     result.check()
 
 
-def _refusal(text: str, host_name: str, result: CommandResult, paths: _RemotePaths | None
-             ) -> GitError:
+def _refusal(text: str, host_name: str, result: CommandResult | None,
+             paths: _RemotePaths | None) -> GitError:
     kind, _, rest = text.partition(" ")
     args = rest.split(" ", 1) if rest else []
     fields = {"host": host_name, "name": "", "branch": "", "path": "", "holder": "",
@@ -632,7 +659,7 @@ def _refusal(text: str, host_name: str, result: CommandResult, paths: _RemotePat
         name = args[0] if args else ""
         fields["name"] = name
         fields["path"] = paths.worktree(name) if paths else f"<root>/worktrees/{name}"
-        branch = _branch_in_script(result.command, name)
+        branch = _branch_in_script(result.command, name) if result else ""
         fields["branch"] = branch
         if kind == "wrong-branch" and len(args) > 1 and args[1]:
             fields["current"] = f"branch '{args[1]}'"

@@ -13,17 +13,24 @@ Layout of a dataset directory::
         meta.json            written last: sample range and file sizes
     stats.json               position mean/std per axis, class counts
     COMPLETE                 written last of all
+    .locks/shard_00000.lock  flock held by whoever writes or cleans up that shard
 
 A shard directory exists only once all its files are written (tmp dir + rename) and is
 also checked against the sizes in its meta.json, so a torn shard is never read.
+Concurrent writers (Slurm array tasks, a pool) coordinate per shard: a shard's tmp dir
+or torn copy is removed only by the holder of that shard's lock.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -101,11 +108,48 @@ def shard_is_complete(root: Path, index: int) -> bool:
         return False
 
 
-def remove_stale_tmp(root: Path) -> None:
-    shards = root / "shards"
-    if shards.is_dir():
-        for entry in shards.glob(".tmp-*"):
-            shutil.rmtree(entry, ignore_errors=True)
+_TMP_NAME = re.compile(r"^\.tmp-shard_(\d+)-")
+# flock is not supported by every shared filesystem (Lustre without -o flock): there the
+# lock is a no-op, which stays correct for Slurm array tasks because they own disjoint shards.
+_NO_FLOCK = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP})
+
+
+@contextmanager
+def shard_lock(root: Path, index: int, blocking: bool = True) -> Iterator[bool]:
+    """Hold shard ``index``'s lock; yields False (not waiting) when another process holds
+    it and ``blocking`` is off. Lock files are never deleted: unlinking one would let two
+    processes lock different files of the same name."""
+    locks = root / ".locks"
+    locks.mkdir(exist_ok=True)
+    with open(locks / f"{shard_name(index)}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        except OSError as exc:
+            if exc.errno not in _NO_FLOCK:
+                raise
+        yield True
+
+
+def remove_shard_tmp(root: Path, index: int) -> None:
+    """Remove shard ``index``'s unpublished tmp dirs; call it holding that shard's lock."""
+    for entry in (root / "shards").glob(f".tmp-{shard_name(index)}-*"):
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def remove_stale_tmp(root: Path, shards: Iterable[int]) -> None:
+    """Remove tmp dirs of ``shards`` left by writers that died; a shard whose lock is
+    held is being written and is left alone."""
+    wanted = set(shards)
+    directory = root / "shards"
+    stale = {int(m.group(1)) for p in directory.glob(".tmp-*")
+             if (m := _TMP_NAME.match(p.name))} if directory.is_dir() else set()
+    for index in sorted(stale & wanted):
+        with shard_lock(root, index, blocking=False) as locked:
+            if locked:
+                remove_shard_tmp(root, index)
 
 
 @dataclass(frozen=True)

@@ -5,23 +5,30 @@ and a shard is rendered as one batch whatever process renders it, so the dataset
 bit-for-bit the same for any worker count. Work is split by shard; complete shards are
 skipped on a rerun, so an interrupted run resumes where it stopped.
 
+Several processes may fill one directory at once (each shard is written under its own
+lock). With ``--task-index I --task-count N`` (default: ``$WT_RUN_TASK_INDEX`` and
+``$WT_RUN_TASK_COUNT``, set by wt-run for Slurm array tasks) a process renders only the
+shards ``k`` with ``k % N == I`` and writes neither ``stats.json`` nor ``COMPLETE``: a plain
+run afterwards renders whatever a failed task left and writes them, so the result is
+the same as one process's.
+
     python -m experiments.trajectory_video.generate --out DIR [--config FILE] [--samples N]
         [--frames T] [--size H] [--cameras V] [--seed S] [--shard-size K] [--workers auto|N]
+        [--task-index I --task-count N]
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
+import json
 import multiprocessing
 import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +44,11 @@ from experiments.trajectory_video.config import (
 from experiments.trajectory_video.dataset import (
     DatasetError,
     read_settings,
+    remove_shard_tmp,
     remove_stale_tmp,
     settings_dict,
     shard_is_complete,
+    shard_lock,
     shard_name,
     write_json_atomic,
     write_shard,
@@ -52,6 +61,26 @@ RENDER_CHUNK = 64
 # imports cost a few hundred ms per worker).
 AUTO_PARALLEL_MIN_SECONDS = 2.0
 ASSUMED_BYTES_PER_SECOND = 1.0e9  # conservative single-core render+write rate
+TASK_INDEX_ENV = "WT_RUN_TASK_INDEX"
+TASK_COUNT_ENV = "WT_RUN_TASK_COUNT"
+
+
+@dataclass(frozen=True)
+class TaskSlice:
+    """Task ``index`` of ``count`` concurrent processes: it owns shards ``k % count == index``."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ConfigError(
+                f"task index {self.index} of {self.count} tasks is out of range; "
+                "pass --task-count N >= 1 and --task-index I with 0 <= I < N"
+            )
+
+    def owns(self, shard: int) -> bool:
+        return shard % self.count == self.index
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:
@@ -118,9 +147,17 @@ def render_shard(cfg: DataConfig, index: int) -> dict[str, np.ndarray]:
 
 
 def generate_shard(cfg: DataConfig, root: str, index: int) -> int:
-    """Render and publish shard ``index`` under ``root``; returns its sample count."""
-    arrays = render_shard(cfg, index)
-    write_shard(Path(root), index, index * cfg.shard_size, arrays)
+    """Render and publish shard ``index`` under ``root`` unless another process did while
+    this one waited for the shard's lock; returns the number of samples rendered here."""
+    path = Path(root)
+    with shard_lock(path, index):
+        if shard_is_complete(path, index):
+            return 0
+        remove_shard_tmp(path, index)
+        # A torn published shard (e.g. truncated by a full disk) would block the rename.
+        shutil.rmtree(path / "shards" / shard_name(index), ignore_errors=True)
+        arrays = render_shard(cfg, index)
+        write_shard(path, index, index * cfg.shard_size, arrays)
     return len(arrays["labels"])
 
 
@@ -167,20 +204,8 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context(method)
 
 
-@contextmanager
-def _exclusive(root: Path) -> Iterator[None]:
-    with open(root / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DatasetError(f"another generate is writing {root}; wait for it") from None
-        yield
-
-
-def prepare_dir(root: Path, cfg: DataConfig) -> bool:
-    """Create or validate ``root``; True when it already holds this complete dataset."""
-    existing = read_settings(root) if root.is_dir() else None
-    if existing is not None and existing != cfg:
+def _check_same_settings(root: Path, existing: DataConfig, cfg: DataConfig) -> None:
+    if existing != cfg:
         changed = ", ".join(
             f"{k}: {v} -> {getattr(cfg, k)}"
             for k, v in asdict(existing).items()
@@ -190,47 +215,97 @@ def prepare_dir(root: Path, cfg: DataConfig) -> bool:
             f"{root} holds a dataset generated with other settings ({changed}); "
             "use another --out or delete it"
         )
-    if existing is None and root.is_dir() and any(
-        p.name != ".lock" for p in root.iterdir()
-    ):
-        raise DatasetError(f"{root} is not empty and is not a dataset; use another --out")
+
+
+def _is_scratch(name: str) -> bool:
+    """Entries that may sit in a directory before its dataset.json: lock files, and the
+    tmp files of processes publishing dataset.json right now."""
+    return name in (".lock", ".locks") or (name.startswith(".dataset.json.")
+                                           and name.endswith(".tmp"))
+
+
+def _publish_settings(root: Path, cfg: DataConfig) -> None:
+    """Write dataset.json unless another process just did: tmp file, then a hard link,
+    which (unlike a rename) fails when the name exists, so the first writer wins and
+    every later one compares against it."""
+    tmp = root / f".dataset.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(settings_dict(cfg), indent=2, sort_keys=True) + "\n")
+    try:
+        os.link(tmp, root / "dataset.json")
+    except FileExistsError:
+        pass
+    except OSError:  # no hard links on this filesystem: publish by rename, check below
+        os.replace(tmp, root / "dataset.json")
+    finally:
+        tmp.unlink(missing_ok=True)
+    published = read_settings(root)
+    assert published is not None
+    _check_same_settings(root, published, cfg)
+
+
+def prepare_dir(root: Path, cfg: DataConfig) -> bool:
+    """Create or validate ``root``; True when it already holds this complete dataset. Safe
+    when several processes start on the same directory at the same moment."""
     root.mkdir(parents=True, exist_ok=True)
+    existing = read_settings(root)
     if existing is None:
-        write_json_atomic(root / "dataset.json", settings_dict(cfg))
-    return existing is not None and (root / "COMPLETE").is_file()
+        # dataset.json is published before anything else, so other entries listed here
+        # without it existing afterwards mean a directory that is not a dataset.
+        foreign = [p.name for p in root.iterdir() if not _is_scratch(p.name)]
+        if foreign and not (root / "dataset.json").is_file():
+            raise DatasetError(f"{root} is not empty and is not a dataset; use another --out")
+        _publish_settings(root, cfg)
+        return False
+    _check_same_settings(root, existing, cfg)
+    return (root / "COMPLETE").is_file()
+
+
+def render_pending(cfg: DataConfig, root: Path, pending: Mapping[int, int],
+                   workers: str | int, progress: Progress) -> tuple[int, int]:
+    """Render the ``pending`` shards (index -> sample count); returns (samples rendered
+    here, worker processes used)."""
+    count = resolve_workers(workers, cfg, len(pending))
+    rendered = 0
+    if count == 0:
+        for k, size in pending.items():
+            rendered += generate_shard(cfg, str(root), k)
+            progress.update(size)
+    else:
+        with ProcessPoolExecutor(count, mp_context=_pool_context()) as pool:
+            futures = {pool.submit(generate_shard, cfg, str(root), k): k for k in pending}
+            for future in as_completed(futures):
+                rendered += future.result()
+                progress.update(pending[futures[future]])
+    return rendered, count
 
 
 def generate(
-    cfg: DataConfig, root: str | Path, workers: str | int = "auto", quiet: bool = False
+    cfg: DataConfig, root: str | Path, workers: str | int = "auto", quiet: bool = False,
+    task: TaskSlice | None = None,
 ) -> dict[str, object]:
-    """Generate (or finish) the dataset in ``root``; returns a summary."""
+    """Generate (or finish) the dataset in ``root``; returns a summary. With ``task``,
+    render only that task's shards and leave stats.json and COMPLETE to a plain run."""
     root = Path(root)
     began = time.perf_counter()
     if prepare_dir(root, cfg):
         return {"status": "already complete", "generated": 0, "workers": 0, "seconds": 0.0}
-    with _exclusive(root):
-        remove_stale_tmp(root)
-        pending = [k for k in range(cfg.shards) if not shard_is_complete(root, k)]
-        for k in pending:  # a torn published shard (e.g. truncated by a full disk)
-            shutil.rmtree(root / "shards" / shard_name(k), ignore_errors=True)
-        sizes = {k: min(cfg.shard_size, cfg.samples - k * cfg.shard_size) for k in pending}
-        done = cfg.samples - sum(sizes.values())
-        progress = Progress(cfg.samples, "generate", initial=done, enabled=not quiet)
-        count = resolve_workers(workers, cfg, len(pending))
-        if count == 0:
-            for k in pending:
-                progress.update(generate_shard(cfg, str(root), k))
-        else:
-            with ProcessPoolExecutor(count, mp_context=_pool_context()) as pool:
-                futures = [pool.submit(generate_shard, cfg, str(root), k) for k in pending]
-                for future in as_completed(futures):
-                    progress.update(future.result())
-        stats = compute_stats(root, cfg)
-        write_json_atomic(root / "stats.json", stats)
-        seconds = time.perf_counter() - began
-        summary = {"status": "complete", "generated": sum(sizes.values()), "workers": count,
-                   "seconds": seconds, **stats}
-        write_json_atomic(root / "COMPLETE", summary)
+    owned = [k for k in range(cfg.shards) if task is None or task.owns(k)]
+    remove_stale_tmp(root, owned)
+    sizes = {k: min(cfg.shard_size, cfg.samples - k * cfg.shard_size) for k in owned}
+    pending = {k: n for k, n in sizes.items() if not shard_is_complete(root, k)}
+    label = "generate" if task is None else f"generate task {task.index}/{task.count}"
+    progress = Progress(sum(sizes.values()), label,
+                        initial=sum(sizes.values()) - sum(pending.values()), enabled=not quiet)
+    rendered, count = render_pending(cfg, root, pending, workers, progress)
+    summary: dict[str, object] = {"generated": rendered, "workers": count}
+    if task is not None:
+        return {"status": "task done", **summary, "shards": len(owned),
+                "seconds": time.perf_counter() - began}
+    stats = compute_stats(root, cfg)
+    write_json_atomic(root / "stats.json", stats)
+    summary = {"status": "complete", **summary, "seconds": time.perf_counter() - began,
+               **stats}
+    write_json_atomic(root / "COMPLETE", summary)
     return summary
 
 
@@ -245,7 +320,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int)
     parser.add_argument("--workers", default="auto", help="auto, or N processes (0 = inline)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--task-index", type=int, metavar="I",
+                        help=f"render only shards k with k %% N == I, and leave stats.json and "
+                        f"COMPLETE to a later run without it (default: ${TASK_INDEX_ENV})")
+    parser.add_argument("--task-count", type=int, metavar="N",
+                        help=f"number of task processes (default: ${TASK_COUNT_ENV})")
     return parser.parse_args(argv)
+
+
+def _env_int(name: str) -> int | None:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"${name} must be a whole number, got {text!r}; "
+                          f"unset it or fix it") from None
+
+
+def task_from_args(args: argparse.Namespace) -> TaskSlice | None:
+    """The task slice from --task-index/--task-count, else from the environment."""
+    index = args.task_index if args.task_index is not None else _env_int(TASK_INDEX_ENV)
+    count = args.task_count if args.task_count is not None else _env_int(TASK_COUNT_ENV)
+    if index is None and count is None:
+        return None
+    if index is None or count is None:
+        raise ConfigError(
+            f"task index {index} with task count {count}: pass both --task-index and "
+            f"--task-count (or set both ${TASK_INDEX_ENV} and ${TASK_COUNT_ENV}), or neither"
+        )
+    return TaskSlice(index, count)
 
 
 def config_from_args(args: argparse.Namespace) -> DataConfig:
@@ -274,12 +379,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = config_from_args(args)
-        summary = generate(cfg, out, args.workers, quiet=args.quiet)
+        task = task_from_args(args)
+        summary = generate(cfg, out, args.workers, quiet=args.quiet, task=task)
     except (ConfigError, DatasetError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     if summary["status"] == "already complete":
         print(f"{out}: already complete ({cfg.samples} samples), nothing to do")
+    elif task is not None:
+        print(
+            f"{out}: task {task.index}/{task.count} wrote {summary['generated']} samples of its "
+            f"{summary['shards']} shards in {summary['seconds']:.1f}s; stats.json and COMPLETE "
+            "are left to a run without --task-index"
+        )
     else:
         print(
             f"{out}: wrote {summary['generated']} samples in {summary['seconds']:.1f}s "

@@ -48,7 +48,8 @@ def test_setup_is_idempotent_and_enables_launch(tmp_path, sshd_servers, monkeypa
 
     dry = run_cli(config, "setup", "--host", "h1", "--dry-run")
     assert dry.exit_code == 0, dry.output
-    assert "Would venv" in dry.output and "Would run setup" in dry.output
+    assert "Would create virtualenv" in dry.output and "Would run the setup" in dry.output
+    assert f"Would create root {root}" in dry.output
     assert not (root / "repo" / ".venv").exists() and not (root / "setup-count").exists()
 
     first = run_cli(config, "setup", "--host", "h1")

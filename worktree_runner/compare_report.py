@@ -191,6 +191,9 @@ def render_rich(cmp: Comparison, out: TextIO | None = None) -> None:
     from rich.table import Table
 
     console = Console(file=out) if out is not None else Console()
+    if not console.is_terminal:
+        # Logs, pipes and CI: no terminal to fit, so show the time/throughput/size columns.
+        console = Console(file=out, width=200) if out is not None else Console(width=200)
     wide = console.width >= 140
     budget = console.width - 45 - (55 if wide else 0)
     table = build_table(cmp, compact=True,

@@ -388,9 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{out}: already complete ({cfg.samples} samples), nothing to do")
     elif task is not None:
         print(
-            f"{out}: task {task.index}/{task.count} wrote {summary['generated']} samples of its "
-            f"{summary['shards']} shards in {summary['seconds']:.1f}s; stats.json and COMPLETE "
-            "are left to a run without --task-index"
+            f"{out}: task {task.index}/{task.count} wrote {summary['generated']} samples "
+            f"(shards owned: {summary['shards']}) in {summary['seconds']:.1f}s; stats.json "
+            "and COMPLETE are left to a run without --task-index"
         )
     else:
         print(

@@ -9,8 +9,12 @@ Outputs under ``--out`` (default ``$WT_RUN_OUT``): ``metrics.jsonl`` (one line p
 ``metrics.json``.
 
 Signals: SIGTERM and SIGUSR1 finish the current step, save a checkpoint (mid-epoch
-position included) and exit: code 143 (128 + SIGTERM, "stopped before the end") after
-SIGTERM, code 0 after SIGUSR1 (Slurm pre-emption: the requeued job runs ``--resume``).
+position included) and exit non-zero, since the training is not finished: code 143
+(128 + SIGTERM, "stopped before the end") after SIGTERM; code 75 (EX_TEMPFAIL, "try
+again") after SIGUSR1, which Slurm sends before the time limit or a pre-emption: wt-run
+requeues a job whose command exits non-zero after USR1 (``requeue: true``), and the
+requeued command, run with ``--resume``, continues from the checkpoint. ``--resume`` with
+no checkpoint yet starts from scratch, so a job's command can always carry it.
 """
 
 from __future__ import annotations
@@ -57,7 +61,13 @@ from experiments.trajectory_video.trajectories import CLASS_NAMES, NUM_CLASSES
 from shared.base_extractor import VideoSpec, build_extractor, registered_extractors
 from shared.unified_model import UnifiedModel
 
-EXIT_TERM = 143
+EXIT_TERM = 143  # 128 + SIGTERM: stopped, checkpoint saved
+EXIT_TEMPFAIL = 75  # EX_TEMPFAIL after SIGUSR1: checkpoint saved, rerun with --resume
+EXIT_CODES_HELP = (
+    "exit codes: 0 trained to the end; 1 error; 75 (EX_TEMPFAIL) checkpoint saved after "
+    "SIGUSR1 (Slurm time limit or pre-emption near), rerun with --resume; 143 checkpoint "
+    "saved after SIGTERM."
+)
 
 
 def select_device(name: str) -> torch.device:
@@ -354,7 +364,7 @@ class Trainer:
         name = signal.Signals(signum).name
         print(f"{name}: saved {path} at step {self.state.global_step}; continue with --resume",
               flush=True)
-        return 0 if signum == signal.SIGUSR1 else EXIT_TERM
+        return EXIT_TEMPFAIL if signum == signal.SIGUSR1 else EXIT_TERM
 
     def finish(self) -> dict[str, Any]:
         evaluation = self.evaluate()
@@ -413,14 +423,16 @@ class Trainer:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m experiments.trajectory_video.train",
-                                     description=__doc__.split("\n")[0])
+                                     description=__doc__.split("\n")[0],
+                                     epilog=EXIT_CODES_HELP)
     parser.add_argument("--extractor", required=True, choices=registered_extractors())
     parser.add_argument("--data", required=True, help="dataset directory (from generate)")
     parser.add_argument("--out", help="output directory (default: $WT_RUN_OUT)")
     parser.add_argument("--config", help="training YAML (default: configs/train_default.yaml)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest complete checkpoint in --out")
+                        help="continue from the newest complete checkpoint in --out "
+                        "(none yet: start from scratch)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set lr=3e-4 "
                         "--set extractors.i3d.width=32")
@@ -452,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
                               "that run, or use an empty --out")
         trainer = Trainer(args, cfg, out)
         resumed = args.resume and trainer.restore()
+        if args.resume and not resumed:
+            print(f"--resume: no checkpoint in {out} yet, starting from scratch", flush=True)
         if not resumed:
             (out / "metrics.jsonl").write_text("")
         write_json_atomic(out / "config.json", {"extractor": args.extractor, "data": args.data,
@@ -463,7 +477,11 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         trainer.write_progress("training", force=True)
         code = trainer.run()
-        if code != 0 or trainer.stop.signum is not None:
+        if code == 0 and trainer.stop.signum is not None:
+            # The signal came during the last epoch's evaluation: every epoch is trained
+            # and checkpointed but metrics.json is missing, so this is no success either.
+            code = trainer.interrupted()
+        if code != 0:
             return code
         summary = trainer.finish()
     except (ConfigError, DatasetError, ValueError) as exc:

@@ -1,10 +1,14 @@
-"""Dataset generation: determinism, resume, balance, idempotence, projection geometry."""
+"""Dataset generation: determinism, resume, balance, idempotence, projection geometry,
+and concurrent task processes (Slurm array tasks) filling one directory."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,15 +20,44 @@ from experiments.trajectory_video.config import DataConfig
 from experiments.trajectory_video.dataset import (
     DatasetError,
     TrajectoryVideoData,
+    read_settings,
     shard_is_complete,
+    shard_lock,
     shard_name,
 )
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_YAML = str(REPO / "configs" / "data_tiny.yaml")
+TASK_ENV = ("WT_RUN_TASK_INDEX", "WT_RUN_TASK_COUNT")
 
 
 def dataset_bytes(root: Path) -> dict[str, bytes]:
     """Every data file of a dataset (shards and stats) by relative path."""
     files = [*sorted(root.glob("shards/*/*.npy")), root / "stats.json"]
     return {str(p.relative_to(root)): p.read_bytes() for p in files}
+
+
+def published_files(root: Path) -> dict[str, bytes]:
+    """Every file a reader sees: settings, each shard's arrays and meta.json, stats."""
+    files = [root / "dataset.json", *sorted(root.glob("shards/*/*")), root / "stats.json"]
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
+
+
+def generate_command(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "experiments.trajectory_video.generate", "--out", str(out),
+            "--config", TINY_YAML, "--quiet", *extra]
+
+
+def plain_env() -> dict[str, str]:
+    """This environment without task variables (the final pass of a Slurm generate)."""
+    env = {k: v for k, v in os.environ.items() if k not in TASK_ENV}
+    return {**env, "PYTHONPATH": str(REPO)}
+
+
+def lock_waiters(pid: int) -> bool:
+    """Whether ``pid`` is blocked waiting for an flock (the "->" rows of /proc/locks)."""
+    rows = Path("/proc/locks").read_text().splitlines()
+    return any(row.split()[1] == "->" and row.split()[5] == str(pid) for row in rows)
 
 
 def test_bit_identical_for_any_worker_count(tmp_path: Path, tiny_data_config: DataConfig,
@@ -150,3 +183,137 @@ def test_known_point_projects_to_expected_pixel() -> None:
     frame = video[0, 0, 0, 0]
     row, col = np.unravel_index(frame.argmax(), frame.shape)
     assert (row, col) == (round(expected_v), round(expected_u))
+
+
+def test_concurrent_array_tasks_then_final_pass_match_one_process(
+    tmp_path: Path, tiny_data_config: DataConfig
+) -> None:
+    cfg = replace(tiny_data_config, samples=40)  # 5 shards: the 3 tasks own 2, 2 and 1
+    reference = tmp_path / "one-process"
+    generate.generate(cfg, reference, workers=0, quiet=True)
+    out = tmp_path / "tasks"
+    procs = []
+    for i in range(3):  # started together: they race to create the directory
+        # Task 0 gets flags; the others the variables wt-run sets on Slurm array tasks.
+        flags = ["--task-index", "0", "--task-count", "3"] if i == 0 else []
+        env = {**plain_env(), **({} if i == 0 else dict(zip(TASK_ENV, (str(i), "3"),
+                                                             strict=True)))}
+        procs.append(subprocess.Popen(generate_command(out, "--samples", "40", *flags), env=env,
+                                      cwd=REPO, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
+    assert "task 1/3 wrote 16 samples" in outputs[1]
+    assert all(shard_is_complete(out, k) for k in range(cfg.shards))
+    assert not (out / "stats.json").exists() and not (out / "COMPLETE").exists()
+    with pytest.raises(DatasetError, match="incomplete"):
+        TrajectoryVideoData(out)
+
+    final = subprocess.run(generate_command(out, "--samples", "40"), env=plain_env(), cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr
+    assert "wrote 0 samples" in final.stdout  # the tasks left nothing to render
+    assert published_files(out) == published_files(reference)
+    assert len(TrajectoryVideoData(out)) == 40
+
+
+def test_lone_task_renders_its_shards_and_plain_run_finishes(
+    tmp_path: Path, tiny_data_config: DataConfig, tiny_dataset: Path
+) -> None:
+    root = tmp_path / "partial"
+    task = generate.TaskSlice(1, 3)
+    summary = generate.generate(tiny_data_config, root, workers=0, quiet=True, task=task)
+    assert summary["status"] == "task done"
+    assert summary["generated"] == tiny_data_config.shard_size
+    assert [shard_is_complete(root, k) for k in range(3)] == [False, True, False]
+    assert not (root / "stats.json").exists() and not (root / "COMPLETE").exists()
+    again = generate.generate(tiny_data_config, root, workers=0, quiet=True, task=task)
+    assert again["generated"] == 0  # a requeued task resumes
+
+    # Tasks 0 and 2 "failed": the plain run renders their shards and writes the summary.
+    final = generate.generate(tiny_data_config, root, workers=2, quiet=True)
+    assert final["status"] == "complete"
+    assert final["generated"] == 2 * tiny_data_config.shard_size
+    assert published_files(root) == published_files(tiny_dataset)
+
+
+def test_task_flags_override_environment(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("WT_RUN_TASK_INDEX", "0")
+    monkeypatch.setenv("WT_RUN_TASK_COUNT", "3")
+    root = tmp_path / "d"
+    assert generate.main(["--out", str(root), "--config", TINY_YAML, "--quiet",
+                          "--task-index", "2"]) == 0
+    assert [shard_is_complete(root, k) for k in range(3)] == [False, False, True]
+    assert not (root / "COMPLETE").exists()
+
+
+@pytest.mark.parametrize(("flags", "env", "message"), [
+    (["--task-index", "3", "--task-count", "3"], {}, "task index 3 of 3 tasks is out of range"),
+    (["--task-index", "0", "--task-count", "0"], {}, "out of range"),
+    (["--task-index", "1"], {}, "pass both --task-index and --task-count"),
+    ([], {"WT_RUN_TASK_COUNT": "2"}, "pass both --task-index and --task-count"),
+    ([], {"WT_RUN_TASK_INDEX": "0", "WT_RUN_TASK_COUNT": "two"}, "must be a whole number"),
+])
+def test_bad_task_options_are_one_line_errors(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch,
+    flags: list[str], env: dict[str, str], message: str,
+) -> None:
+    for name in TASK_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    root = tmp_path / "d"
+    assert generate.main(["--out", str(root), "--config", TINY_YAML, "--quiet", *flags]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not root.exists()
+
+
+def test_prepare_dir_accepts_empty_linked_dir_and_rejects_others(
+    tmp_path: Path, tiny_data_config: DataConfig
+) -> None:
+    # wt-run shares `data` into worktrees as a symlink, possibly to an empty directory.
+    target = tmp_path / "target"
+    target.mkdir()
+    link = tmp_path / "data"
+    link.symlink_to(target)
+    # Left by a process that is publishing dataset.json at this moment: not foreign.
+    (target / ".dataset.json.999.tmp").write_text("{}")
+    assert generate.prepare_dir(link, tiny_data_config) is False
+    assert link.is_symlink() and read_settings(target) == tiny_data_config
+    # A second task starting on it finds identical settings and goes on.
+    assert generate.prepare_dir(link, tiny_data_config) is False
+    with pytest.raises(DatasetError, match="other settings \\(samples: 24 -> 32\\)"):
+        generate.prepare_dir(link, replace(tiny_data_config, samples=32))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetError, match="not a dataset"):
+        generate.prepare_dir(foreign, tiny_data_config)
+
+
+def test_run_waits_for_a_shard_another_process_holds(tmp_path: Path, tiny_dataset: Path) -> None:
+    root = tmp_path / "held"
+    shutil.copytree(tiny_dataset, root)
+    (root / "COMPLETE").unlink()
+    (root / "stats.json").unlink()
+    shutil.rmtree(root / "shards" / shard_name(1))
+    # The tmp dir of a writer still holding shard 1's lock: it must not be swept away.
+    live_tmp = root / "shards" / f".tmp-{shard_name(1)}-777"
+    live_tmp.mkdir()
+    with shard_lock(root, 1) as locked:
+        assert locked
+        proc = subprocess.Popen(generate_command(root), env=plain_env(), cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while not lock_waiters(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.communicate()[0]
+        assert lock_waiters(proc.pid), "generate never waited for shard 1's lock"
+        assert live_tmp.is_dir() and not (root / "COMPLETE").exists()
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert not live_tmp.exists()  # stale once the lock was free: removed under the lock
+    assert published_files(root) == published_files(tiny_dataset)

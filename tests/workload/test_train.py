@@ -1,4 +1,5 @@
-"""Training end to end on the tiny dataset: outputs, resume, SIGTERM in a real subprocess."""
+"""Training end to end on the tiny dataset: outputs, resume, SIGTERM and SIGUSR1 in a real
+subprocess and their exit codes."""
 
 from __future__ import annotations
 
@@ -27,6 +28,25 @@ def run_train(data: Path, out: Path, *extra: str) -> int:
 
 def final_weights(out: Path) -> dict[str, torch.Tensor]:
     return torch.load(list_checkpoints(out)[-1], weights_only=False)["model"]
+
+
+def start_train(data: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
+    """Train in a real subprocess; returns once its signal handlers are installed."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.trajectory_video.train", "--extractor", "i3d",
+         "--data", str(data), "--out", str(out), "--config", TINY, *extra],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    # progress.json first appears after the handlers are installed and before step 1.
+    while not (out / "progress.json").exists() and proc.poll() is None:
+        time.sleep(0.005)
+    return proc
+
+
+def assert_all_close(left: dict[str, torch.Tensor], right: dict[str, torch.Tensor]) -> None:
+    for name, value in right.items():
+        torch.testing.assert_close(left[name], value, rtol=0, atol=0, msg=name)
 
 
 def test_train_checkpoint_resume_metrics(tmp_path: Path, tiny_dataset: Path) -> None:
@@ -68,15 +88,7 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(
 ) -> None:
     epochs = ["--epochs", "4"]
     interrupted = tmp_path / "interrupted"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments.trajectory_video.train", "--extractor", "i3d",
-         "--data", str(tiny_dataset), "--out", str(interrupted), "--config", TINY, *epochs],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    # progress.json first appears after the handlers are installed and before step 1.
-    while not (interrupted / "progress.json").exists() and proc.poll() is None:
-        time.sleep(0.005)
+    proc = start_train(tiny_dataset, interrupted, *epochs)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == train.EXIT_TERM, output
@@ -89,11 +101,76 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(
     assert run_train(tiny_dataset, interrupted, *epochs, "--resume") == 0
     straight = tmp_path / "straight"
     assert run_train(tiny_dataset, straight, *epochs) == 0
-    resumed_weights, straight_weights = final_weights(interrupted), final_weights(straight)
-    for name, value in straight_weights.items():
-        torch.testing.assert_close(resumed_weights[name], value, rtol=0, atol=0, msg=name)
+    assert_all_close(final_weights(interrupted), final_weights(straight))
     lines = (interrupted / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3, 4]
+
+
+def test_sigusr1_checkpoints_and_exits_tempfail_then_resumes(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    """Slurm's warning before the time limit: unfinished, so never exit 0 (wt-run would
+    call it succeeded and not requeue it)."""
+    out = tmp_path / "preempted"
+    proc = start_train(tiny_dataset, out, "--epochs", "2")
+    proc.send_signal(signal.SIGUSR1)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == train.EXIT_TEMPFAIL == 75, output
+    assert "SIGUSR1: saved" in output and "--resume" in output
+    assert len(list_checkpoints(out)) == 1
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["state"] == "interrupted" and progress["step"] < progress["steps"]
+    assert not (out / "metrics.json").exists()
+
+    assert run_train(tiny_dataset, out, "--epochs", "2", "--resume") == 0
+    assert (out / "metrics.json").exists()
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+
+
+def test_signal_during_last_evaluation_is_not_success(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All epochs trained, but metrics.json is not written yet: still exit 75, and the
+    resumed run only evaluates and writes it."""
+    evaluate = train.Trainer.evaluate
+
+    def evaluate_then_usr1(self: train.Trainer) -> dict[str, object]:
+        result = evaluate(self)
+        if self.state.epoch + 1 == self.cfg.epochs:  # the last epoch's evaluation
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return result
+
+    monkeypatch.setattr(train.Trainer, "evaluate", evaluate_then_usr1)
+    out = tmp_path / "late"
+    assert run_train(tiny_dataset, out, "--epochs", "1") == train.EXIT_TEMPFAIL
+    assert not (out / "metrics.json").exists()
+    monkeypatch.setattr(train.Trainer, "evaluate", evaluate)
+    assert run_train(tiny_dataset, out, "--epochs", "1", "--resume") == 0
+    assert json.loads((out / "metrics.json").read_text())["steps"] > 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_resume_without_checkpoint_starts_from_scratch(
+    tmp_path: Path, tiny_dataset: Path, capsys
+) -> None:
+    """A requeued job's command always carries --resume, also on its first run."""
+    fresh = tmp_path / "fresh"
+    assert run_train(tiny_dataset, fresh, "--epochs", "1", "--resume") == 0
+    assert "no checkpoint in" in capsys.readouterr().out
+    straight = tmp_path / "straight"
+    assert run_train(tiny_dataset, straight, "--epochs", "1") == 0
+    assert_all_close(final_weights(fresh), final_weights(straight))
+    assert len((fresh / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_help_documents_exit_codes(capsys) -> None:
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "75 (EX_TEMPFAIL) checkpoint saved after SIGUSR1" in text
+    assert "143 checkpoint saved after SIGTERM" in text
+    assert "75 (EX_TEMPFAIL" in train.__doc__
 
 
 @pytest.mark.parametrize("extractor", ["slowfast", "transformer", "magvit"])

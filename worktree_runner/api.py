@@ -5,20 +5,19 @@ unreachable host never hides the others."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from .config import BranchConfig, Config, HostConfig
+from .config import BranchConfig, Config
 from .errors import HostUnreachable, WtRunError
-from .hosts import Host, open_host
-from .layout import HostLayout, host_layout
+from .hosts import open_host
+from .layout import host_layout
 from .runs import RunManifest, RunStore, WorkerRecord
 from .templates import render_command
 from .workers import (
@@ -207,10 +206,6 @@ def prepare_host_worktrees(config: Config, host: str, branches: Sequence[BranchC
     from .sync import prepare_remote_worktrees
 
     return prepare_remote_worktrees(config, host, branches, force=force, dry_run=dry_run)
-
-
-def resolve_layout(config: Config, host: Host, hc: HostConfig) -> HostLayout:
-    return host_layout(config, hc, host.root)
 
 
 def observe_host(config: Config, host_name: str, records: Sequence[WorkerRecord],
@@ -413,7 +408,6 @@ def generate(config: Config, *, host: str | None = None, run: str | None = None,
     if extra_args:
         template = template + " " + " ".join(shlex.quote(a).replace("{", "{{").replace(
             "}", "}}") for a in extra_args)
-    gen = BranchConfig(name="generate", branch="", command="generate")
     store = RunStore(config.state_dir)
     with store.locked():
         run_id = store.resolve(run) if run else store.new_run_id()
@@ -436,7 +430,6 @@ def generate(config: Config, *, host: str | None = None, run: str | None = None,
                            kind="generate", command=command, worktree=repo_path,
                            worker_dir=worker_dir,
                            attempt=previous.attempt + 1 if previous else 1)
-        del gen
         if dry_run:
             return LaunchReport(run_id, [rec], [HostOutcome(host_name)], dry_run=True)
         if hc.type == "local":
@@ -687,27 +680,3 @@ def clean_run(config: Config, run: str, *, dry_run: bool = False, force: bool = 
             if latest.exists() and latest.read_text().strip() == run_id:
                 latest.unlink()
     return actions
-
-
-# ---------------------------------------------------------------- misc
-
-def runs_overview(config: Config) -> list[RunManifest]:
-    store = RunStore(config.state_dir)
-    return [store.load(r) for r in store.list_runs()]
-
-
-def env_for_display(env: Mapping[str, str]) -> dict[str, str]:
-    return {k: ("***" if _secretish(k) else v) for k, v in env.items()}
-
-
-def _secretish(key: str) -> bool:
-    k = key.upper()
-    return any(s in k for s in ("TOKEN", "SECRET", "PASSWORD", "KEY", "CREDENTIAL"))
-
-
-def names_in(records: Iterable[WorkerRecord]) -> list[str]:
-    return [r.name for r in records]
-
-
-def cpu_count() -> int:
-    return os.cpu_count() or 1

@@ -15,15 +15,23 @@ Layout of what is collected (`results/` in the repository unless `--dest`)::
 
 How a worker is collected:
 1. One round trip per host lists every candidate file of every worker (path, size, mtime,
-   sha256; see `collect_lister.py`) and says why anything else was skipped or refused.
-2. A file whose local copy already has that sha256 is left alone (a local index keyed by
-   inode, size, mtime and ctime avoids re-hashing), so an unchanged collect moves no data.
-3. Other files are copied into `.collect/incoming/` (rsync over the host's SSH settings when
-   both ends have rsync; SFTP otherwise; a plain copy on this machine). Copies resume: rsync
-   keeps partial files in a partial dir, the stream copy appends to what is there.
+   sha256; see `collect_lister.py`) and says why anything else was skipped or refused. For the
+   `stream` transport the listing only stats: a file's sha256 is given when the host's
+   checksum cache knows it, and is otherwise computed by the sender while it sends the file,
+   so the transfer starts at once and the host reads each file once.
+2. A file whose local copy already has the host's sha256 is left alone (a local index keyed by
+   inode, size, mtime and ctime avoids re-hashing), so an unchanged collect moves no data. A
+   file the host has no sha256 for yet is fetched at once when its local copy is missing or
+   of another size; a same-size local copy is compared with a sha256 the host computes first.
+3. Other files are copied into `.collect/incoming/`: from SSH hosts by `stream` (the host's
+   python sends and hashes each file over one OpenSSH connection, with the host's ssh
+   settings), or rsync / SFTP when asked for; a plain copy on this machine. Copies resume:
+   the stream and plain copies append to what is staged, rsync keeps a partial dir.
 4. Each copy is checked: same size and mtime as listed (otherwise the file changed during the
-   collect and is skipped until next time) and the same sha256 (otherwise: an error, retried
-   once). Only then is it renamed to its final path, so a partial file never appears there.
+   collect and is skipped until next time) and the same sha256 as computed on the host
+   (otherwise: an error, retried once), hashed here from the staged file on disk while the
+   next files arrive. Only then is it renamed to its final path, so a partial file never
+   appears there.
 5. A worker whose files all verified, and that has ended, is marked collected in the manifest.
 
 Files removed on the host after an earlier collect are kept here.
@@ -32,6 +40,7 @@ Files removed on the host after an earlier collect are kept here.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -59,9 +68,9 @@ CHUNK = 1 << 20
 SETTLE_S = 2.0
 WORKER_PATTERNS = ("log", "attempts/*/log", "out/**")
 BOOKKEEPING = ".collect"
-TRANSPORTS = ("auto", "rsync", "sftp", "copy")
+TRANSPORTS = ("auto", "stream", "rsync", "sftp", "copy")
 FAST_CIPHER = "aes128-gcm@openssh.com"
-# Lets a user (or a test) force the SFTP path on a host that has rsync.
+# Lets a user (or a test) force rsync or SFTP instead of the stream over OpenSSH.
 TRANSPORT_ENV = "WT_RUN_COLLECT_TRANSPORT"
 
 
@@ -75,7 +84,7 @@ class RemoteFile:
     rel: str
     size: int
     mtime_ns: int
-    sha256: str
+    sha256: str  # "" when a stat-only listing did not know it: the sender computes it
 
     @property
     def local_rel(self) -> str:
@@ -168,7 +177,7 @@ def python_for(config: Config, host: Host) -> str:
 
 
 def listing_spec(records: Sequence[WorkerRecord], patterns: Sequence[str],
-                 running: Mapping[str, bool]) -> dict[str, Any]:
+                 running: Mapping[str, bool], hash_files: bool = True) -> dict[str, Any]:
     workers = []
     for rec in records:
         roots = [{"key": "worker", "path": rec.worker_dir, "patterns": list(WORKER_PATTERNS)}]
@@ -176,7 +185,7 @@ def listing_spec(records: Sequence[WorkerRecord], patterns: Sequence[str],
             roots.append({"key": "worktree", "path": rec.worktree, "patterns": list(patterns)})
         workers.append({"id": rec.name, "roots": roots, "running": running[rec.name],
                         "cache": f"{rec.worker_dir}/.collect-sums.json"})
-    return {"workers": workers, "settle_s": SETTLE_S}
+    return {"workers": workers, "settle_s": SETTLE_S, "hash": hash_files}
 
 
 def listing_script(python: str, spec: Mapping[str, Any]) -> str:
@@ -199,9 +208,10 @@ class HostListing:
 
 
 def list_host(config: Config, host: Host, records: Sequence[WorkerRecord],
-              running: Mapping[str, bool]) -> HostListing:
-    """One round trip: every candidate file of every given worker on this host."""
-    spec = listing_spec(records, config.collect, running)
+              running: Mapping[str, bool], hash_files: bool = True) -> HostListing:
+    """One round trip: every candidate file of every given worker on this host (without
+    hashing what the host's cache does not know, unless `hash_files`)."""
+    spec = listing_spec(records, config.collect, running, hash_files)
     result = host.run_script(listing_script(python_for(config, host), spec),
                              timeout=_command_timeout(config, host))
     if result.exit_code == 127:
@@ -301,10 +311,23 @@ class LocalIndex:
 
 # ---------------------------------------------------------------- transports
 
+@dataclass(frozen=True)
+class HostReport:
+    """What the sender saw of one file while it read it: its sha256 (of the whole file), size
+    and mtime, whether it changed during the read, or why it could not be read."""
+
+    sha256: str = ""
+    size: int = -1
+    mtime_ns: int = -1
+    changed: bool = False
+    error: str = ""
+
+
 @dataclass
 class TransferResult:
     files: int = 0
     bytes: int = 0
+    reports: dict[str, HostReport] = field(default_factory=dict)  # by rel, from `stream`
 
 
 class Transport(ABC):
@@ -315,10 +338,27 @@ class Transport(ABC):
 
     @abstractmethod
     def fetch(self, root: str, rels: Sequence[str], staging: Path, sizes: Mapping[str, int],
-              observer: CollectObserver) -> TransferResult: ...
+              observer: CollectObserver, cache: CacheRef | None = None) -> TransferResult: ...
+
+    def digests(self, root: str, rels: Sequence[str], cache: CacheRef | None = None
+                ) -> dict[str, HostReport]:
+        """The host's sha256 of files a stat-only listing left unknown (`stream` only)."""
+        raise AssertionError(f"{self.name}: the listing hashed every file")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
+
+
+@dataclass(frozen=True)
+class CacheRef:
+    """Where the host caches checksums of a worker's files, and the key prefix of one root:
+    the sender records what it hashed there, so the next listing does not read the file."""
+
+    path: str
+    root_key: str
+
+    def key(self, rel: str) -> str:
+        return f"{self.root_key}\0{rel}"
 
 
 class StreamTransport(Transport):
@@ -333,7 +373,7 @@ class StreamTransport(Transport):
         self._stat = stat_source
 
     def fetch(self, root: str, rels: Sequence[str], staging: Path, sizes: Mapping[str, int],
-              observer: CollectObserver) -> TransferResult:
+              observer: CollectObserver, cache: CacheRef | None = None) -> TransferResult:
         result = TransferResult()
         for rel in rels:
             target = staging / rel
@@ -398,6 +438,30 @@ _LITERAL = re.compile(r"^Literal data: ([\d,]+)", re.MULTILINE)
 _XFERRED = re.compile(r"^Number of regular files transferred: ([\d,]+)", re.MULTILINE)
 
 
+class OpenSSHMaster:
+    """The OpenSSH client command for bulk data from one host: the host's own ssh settings,
+    one shared connection (ControlMaster) for every call, closed at the end."""
+
+    def __init__(self, ssh_argv: Sequence[str], destination: str) -> None:
+        # A short private directory: unix socket paths are limited to ~100 bytes.
+        self._control_dir = tempfile.mkdtemp(prefix="wtc-")
+        self._ssh = list(ssh_argv)
+        self.argv = [*ssh_argv, "-o", "ControlMaster=auto", "-o",
+                     f"ControlPath={self._control_dir}/%C", "-o", "ControlPersist=60",
+                     # Bulk data: AES-GCM (hardware-accelerated almost everywhere) is ~30%
+                     # faster than the default ChaCha20; `^` only puts it first in OpenSSH's
+                     # default list, so a server without it still negotiates.
+                     "-o", f"Ciphers=^{FAST_CIPHER}"]
+        self.destination = destination
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run([*self._ssh, "-o", f"ControlPath={self._control_dir}/%C",
+                            "-O", "exit", self.destination], capture_output=True, timeout=10,
+                           check=False)
+        shutil.rmtree(self._control_dir, ignore_errors=True)
+
+
 class RsyncTransport(Transport):
     """rsync over the host's own OpenSSH settings (`ssh -e`): delta transfer, partial files
     kept in a partial dir so an interrupted collect resumes; symlinks are never copied. All
@@ -406,16 +470,8 @@ class RsyncTransport(Transport):
     name = "rsync"
 
     def __init__(self, ssh_argv: Sequence[str], destination: str) -> None:
-        # A short private directory: unix socket paths are limited to ~100 bytes.
-        self._control_dir = tempfile.mkdtemp(prefix="wtc-")
-        self._ssh = list(ssh_argv)
-        self._control = [*ssh_argv, "-o", "ControlMaster=auto", "-o",
-                         f"ControlPath={self._control_dir}/%C", "-o", "ControlPersist=60",
-                         # Bulk data: AES-GCM (hardware-accelerated almost everywhere) is
-                         # ~30% faster than the default ChaCha20; `^` only puts it first in
-                         # OpenSSH's default list, so a server without it still negotiates.
-                         "-o", f"Ciphers=^{FAST_CIPHER}"]
-        self.ssh_command = " ".join(_rsync_quote(a) for a in self._control)
+        self._master = OpenSSHMaster(ssh_argv, destination)
+        self.ssh_command = " ".join(_rsync_quote(a) for a in self._master.argv)
         self.destination = destination
 
     def argv(self, root: str, staging: Path) -> list[str]:
@@ -425,7 +481,7 @@ class RsyncTransport(Transport):
                 f"{staging}/"]
 
     def fetch(self, root: str, rels: Sequence[str], staging: Path, sizes: Mapping[str, int],
-              observer: CollectObserver) -> TransferResult:
+              observer: CollectObserver, cache: CacheRef | None = None) -> TransferResult:
         staging.mkdir(parents=True, exist_ok=True)
         # stderr to a file, not a pipe: the backgrounded ControlMaster inherits it and would
         # hold a pipe open long after rsync ended.
@@ -455,11 +511,7 @@ class RsyncTransport(Transport):
                               int(literal.group(1).replace(",", "")) if literal else 0)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run([*self._ssh, "-o", f"ControlPath={self._control_dir}/%C",
-                            "-O", "exit", self.destination], capture_output=True, timeout=10,
-                           check=False)
-        shutil.rmtree(self._control_dir, ignore_errors=True)
+        self._master.close()
 
     @staticmethod
     def _follow(stream: IO[bytes], observer: CollectObserver) -> str:
@@ -500,11 +552,173 @@ def _rsync_quote(arg: str) -> str:
     return f'"{arg}"'
 
 
-def choose_transport(host: Host, has_remote_rsync: bool, wanted: str) -> Transport:
-    """copy for this machine; rsync when both ends have it and the host can say how OpenSSH
-    reaches it (`ssh_argv()`, destination last); SFTP otherwise."""
+F_SETPIPE_SZ = 1031  # Linux fcntl
+
+
+class SSHStreamTransport(Transport):
+    """The host's python (the sender in `collect_lister.py`) streams the requested files over
+    one OpenSSH connection (the host's ssh settings, AES-GCM), hashing each in the same read
+    that sends it; the sha256, size and mtime it saw come back after each file. A staged copy
+    is appended to from where it stopped, so an interrupted collect resumes; the copy gets
+    the mtime the host reported, so one that changed meanwhile fails verification."""
+
+    name = "stream"
+
+    def __init__(self, ssh_argv: Sequence[str], destination: str, python: str) -> None:
+        self._master = OpenSSHMaster(ssh_argv, destination)
+        self.destination = destination
+        # The user's login shell parses the command (as with rsync): quoted for POSIX shells.
+        self._remote = shlex.join([python, "-c", lister_source(), "--send"])
+
+    def fetch(self, root: str, rels: Sequence[str], staging: Path, sizes: Mapping[str, int],
+              observer: CollectObserver, cache: CacheRef | None = None) -> TransferResult:
+        staging.mkdir(parents=True, exist_ok=True)
+        offsets = {rel: _staged_size(staging / rel, sizes[rel]) for rel in rels}
+        result = TransferResult()
+        with self._session(root, rels, offsets, True, cache) as stream:
+            for rel in rels:
+                header = _read_json(stream, self.destination)
+                if "error" in header:
+                    result.reports[rel] = HostReport(error=str(header["error"]))
+                    continue
+                offset, length = int(header["offset"]), int(header["length"])
+                _receive(stream, staging / rel, offset, length, observer, self.destination)
+                trailer = _read_json(stream, self.destination)
+                mtime_ns = int(header["mtime_ns"])
+                os.utime(staging / rel, ns=(mtime_ns, mtime_ns))
+                result.reports[rel] = HostReport(str(trailer["sha256"]), int(header["size"]),
+                                                 mtime_ns, bool(trailer["changed"]))
+                result.bytes += length
+                if length or offset == 0:
+                    result.files += 1
+                observer.file_done()
+        return result
+
+    def digests(self, root: str, rels: Sequence[str], cache: CacheRef | None = None
+                ) -> dict[str, HostReport]:
+        reports = {}
+        with self._session(root, rels, dict.fromkeys(rels, 0), False, cache) as stream:
+            for rel in rels:
+                header = _read_json(stream, self.destination)
+                if "error" in header:
+                    reports[rel] = HostReport(error=str(header["error"]))
+                    continue
+                trailer = _read_json(stream, self.destination)
+                reports[rel] = HostReport(str(trailer["sha256"]), int(header["size"]),
+                                          int(header["mtime_ns"]), bool(trailer["changed"]))
+        return reports
+
+    @contextlib.contextmanager
+    def _session(self, root: str, rels: Sequence[str], offsets: Mapping[str, int], data: bool,
+                 cache: CacheRef | None) -> Iterator[IO[bytes]]:
+        """Run the sender with these requests; yield its output; fail on a bad exit."""
+        requests = {"cache": cache.path if cache else "", "files": [
+            {"path": f"{root.rstrip('/')}/{rel}", "offset": offsets[rel], "data": data,
+             "key": cache.key(rel) if cache else ""} for rel in rels]}
+        # stderr to a file, not a pipe: the backgrounded ControlMaster inherits it.
+        with tempfile.TemporaryFile() as err_file:
+            proc = subprocess.Popen([*self._master.argv, self.destination, self._remote],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=err_file, bufsize=CHUNK)
+            assert proc.stdin and proc.stdout
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(proc.stdout.fileno(), F_SETPIPE_SZ, CHUNK)
+            try:
+                # The sender reads every request before it writes: no pipe deadlock.
+                proc.stdin.write(json.dumps(requests).encode())
+                proc.stdin.close()
+                yield proc.stdout
+                code = proc.wait()
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                if isinstance(err_file, int):  # pragma: no cover - typing aid
+                    raise
+                err_file.seek(0)
+                err = err_file.read().decode(errors="replace").strip()
+                if err and not isinstance(sys.exc_info()[1], KeyboardInterrupt):
+                    raise WtRunError(f"sending from {self.destination}:{root} failed: "
+                                     f"{' | '.join(err.splitlines()[-3:])}",
+                                     "check the host's ssh access and disk, then collect "
+                                     "again") from None
+                raise
+            err_file.seek(0)
+            err = err_file.read().decode(errors="replace").strip()
+        if code != 0:
+            raise WtRunError(f"sending from {self.destination}:{root} exited {code}: "
+                             f"{' | '.join(err.splitlines()[-3:])}",
+                             "check the host's ssh access and disk, then collect again")
+
+    def close(self) -> None:
+        self._master.close()
+
+
+def _staged_size(target: Path, size: int) -> int:
+    """How much of a file is already staged (to resume from); a stale longer copy goes."""
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return 0
+    if not os.path.isfile(target) or os.path.islink(target) or st.st_size > size:
+        target.unlink()
+        return 0
+    return st.st_size
+
+
+def _read_json(stream: IO[bytes], where: str) -> dict[str, Any]:
+    line = stream.readline()
+    try:
+        data = json.loads(line)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise WtRunError(f"sending from {where}: the stream ended or was garbled",
+                         "check the host's python and disk, then collect again")
+    return data
+
+
+def _receive(stream: IO[bytes], target: Path, offset: int, length: int,
+             observer: CollectObserver, where: str) -> None:
+    """Write `length` bytes from the stream into the staged copy at `offset`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    view = memoryview(bytearray(CHUNK))
+    try:
+        os.ftruncate(fd, offset)
+        os.lseek(fd, offset, os.SEEK_SET)
+        left = length
+        while left:
+            n = stream.readinto(view[:min(left, CHUNK)])  # type: ignore[attr-defined]
+            if not n:
+                raise WtRunError(f"sending from {where}: the stream ended inside {target.name}",
+                                 "check the host, then collect again (it resumes)")
+            os.write(fd, view[:n])
+            left -= n
+            observer.advance(n)
+    finally:
+        os.close(fd)
+
+
+def can_stream(host: Host) -> bool:
+    """The stream needs the host's OpenSSH settings (`ssh_argv()`) and ssh on this machine;
+    the host's python is there already (the listing ran with it)."""
+    return (not isinstance(host, LocalHost) and callable(getattr(host, "ssh_argv", None))
+            and shutil.which("ssh") is not None)
+
+
+def choose_transport(host: Host, has_remote_rsync: bool, wanted: str,
+                     python: str = "python3") -> Transport:
+    """copy for this machine; the stream over OpenSSH for auto when the host can say how
+    OpenSSH reaches it (`ssh_argv()`, destination last); rsync when both ends have it; SFTP
+    otherwise."""
     if isinstance(host, LocalHost):
         return local_transport()
+    if wanted in ("auto", "stream") and can_stream(host):
+        argv = host.ssh_argv()  # type: ignore[attr-defined]
+        return SSHStreamTransport(argv[:-1], argv[-1], python)
+    if wanted == "stream":
+        raise WtRunError(f"host {host.name}: cannot stream from it (needs OpenSSH's ssh here)",
+                         f"install the OpenSSH client, or set {TRANSPORT_ENV}=sftp")
     ssh_argv = getattr(host, "ssh_argv", None)
     can_rsync = has_remote_rsync and shutil.which("rsync") is not None and callable(ssh_argv)
     if wanted == "rsync" and not can_rsync:

@@ -629,28 +629,28 @@ class SSHStreamTransport(Transport):
                 proc.stdin.close()
                 yield proc.stdout
                 code = proc.wait()
-            except BaseException:
+            except WtRunError as exc:
                 proc.kill()
                 proc.wait()
-                if isinstance(err_file, int):  # pragma: no cover - typing aid
-                    raise
-                err_file.seek(0)
-                err = err_file.read().decode(errors="replace").strip()
-                if err and not isinstance(sys.exc_info()[1], KeyboardInterrupt):
-                    raise WtRunError(f"sending from {self.destination}:{root} failed: "
-                                     f"{' | '.join(err.splitlines()[-3:])}",
-                                     "check the host's ssh access and disk, then collect "
-                                     "again") from None
+                raise WtRunError(exc.message + _stderr_tail(err_file), exc.fix) from None
+            except BaseException:
+                # An interrupt: what is staged stays there, the next collect resumes from it.
+                proc.kill()
+                proc.wait()
                 raise
-            err_file.seek(0)
-            err = err_file.read().decode(errors="replace").strip()
+            tail = _stderr_tail(err_file)
         if code != 0:
-            raise WtRunError(f"sending from {self.destination}:{root} exited {code}: "
-                             f"{' | '.join(err.splitlines()[-3:])}",
+            raise WtRunError(f"sending from {self.destination}:{root} exited {code}{tail}",
                              "check the host's ssh access and disk, then collect again")
 
     def close(self) -> None:
         self._master.close()
+
+
+def _stderr_tail(err_file: IO[bytes]) -> str:
+    err_file.seek(0)
+    lines = err_file.read().decode(errors="replace").strip().splitlines()
+    return f": {' | '.join(lines[-3:])}" if lines else ""
 
 
 def _staged_size(target: Path, size: int) -> int:
@@ -747,6 +747,10 @@ class WorkerPlan:
     fetch: list[RemoteFile] = field(default_factory=list)
     present: list[RemoteFile] = field(default_factory=list)
     refused: list[Skipped] = field(default_factory=list)
+    # Unknown sha256 on the host, a same-size copy here: the host's sha256 decides.
+    undecided: list[RemoteFile] = field(default_factory=list)
+    # The host's sha256 by local_rel: from the listing, then from what the sender reported.
+    host_sha256: dict[str, str] = field(default_factory=dict)
 
     @property
     def staging(self) -> Path:
@@ -767,11 +771,57 @@ def plan_worker(rec: WorkerRecord, dest: Path, listing: WorkerListing, state: st
         if problem:
             plan.refused.append(Skipped(f.local_rel, f"refused: {problem}"))
             continue
+        if not f.sha256:
+            # A copy of another size (or none) differs whatever the sha256: fetch at once.
+            (plan.undecided if _plain_file_of_size(target, f.size) else plan.fetch).append(f)
+            continue
+        plan.host_sha256[f.local_rel] = f.sha256
         if index.sha256(f.local_rel, target, f.size) == f.sha256:
             plan.present.append(f)
         else:
             plan.fetch.append(f)
     return plan
+
+
+def _plain_file_of_size(path: Path, size: int) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return os.path.isfile(path) and not os.path.islink(path) and st.st_size == size
+
+
+def decide_undecided(plan: WorkerPlan, transport: Transport) -> list[Skipped]:
+    """Ask the host for the sha256 of files whose same-size local copy may be current; queue
+    those that differ. Returns files skipped because the host could not hash them whole."""
+    skipped: list[Skipped] = []
+    for root, files in _by_root(plan.undecided):
+        reports = transport.digests(_source_root(plan, root), [f.rel for f in files],
+                                    _cache_ref(plan, root))
+        for f in files:
+            report = reports.get(f.rel, HostReport(error="the host did not report it"))
+            if report.error:
+                skipped.append(Skipped(f.local_rel, f"skipped on the host: {report.error}"))
+            elif report.changed or (report.size, report.mtime_ns) != (f.size, f.mtime_ns):
+                skipped.append(Skipped(f.local_rel, CHANGED))
+            else:
+                plan.host_sha256[f.local_rel] = report.sha256
+                target = plan.dest / f.local_rel
+                if plan.index.sha256(f.local_rel, target, f.size) == report.sha256:
+                    plan.present.append(f)
+                else:
+                    plan.fetch.append(f)
+    plan.undecided = []
+    return skipped
+
+
+def _source_root(plan: WorkerPlan, root: str) -> str:
+    return plan.rec.worker_dir if root == "worker" else plan.rec.worktree
+
+
+def _cache_ref(plan: WorkerPlan, root: str) -> CacheRef:
+    # The same file and keys as the listing's cache (`listing_spec`, `collect_lister.py`).
+    return CacheRef(f"{plan.rec.worker_dir}/.collect-sums.json", root)
 
 
 class Prehasher:
@@ -782,7 +832,7 @@ class Prehasher:
 
     def __init__(self, files: Sequence[tuple[Path, RemoteFile]]) -> None:
         self._todo = dict(files)
-        self.digests: dict[tuple[str, int, int, int], str] = {}
+        self.digests: dict[tuple[str, int, int, int, int], str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="collect-prehash", daemon=True)
 
@@ -795,8 +845,9 @@ class Prehasher:
         self._thread.join()
 
     @staticmethod
-    def ident(path: Path, st: os.stat_result) -> tuple[str, int, int, int]:
-        return (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    def ident(path: Path, st: os.stat_result) -> tuple[str, int, int, int, int]:
+        # ctime too: a copy rewritten in place with its size and mtime restored is new data.
+        return (str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
     def _run(self) -> None:
         while self._todo and not self._stop.wait(0.05):
@@ -816,37 +867,39 @@ class Prehasher:
         return self.digests.get(self.ident(path, st)) or sha256_file(path)
 
 
+CHANGED = "changed during the collect (still being written?); collect again later"
+
+
 def transfer_worker(plan: WorkerPlan, transport: Transport, observer: CollectObserver
                     ) -> tuple[TransferResult, list[str], list[Skipped]]:
     """Copy what is missing into staging, verify, move into place. Returns what moved, the
     errors and the files skipped because they changed during the copy."""
     total = TransferResult()
     errors: list[str] = []
-    changed: list[Skipped] = []
+    changed: list[Skipped] = decide_undecided(plan, transport) if plan.undecided else []
     pending = list(plan.fetch)
     for attempt in (1, 2):
         if not pending:
             break
         observer.planned(len(pending), sum(f.size for f in pending))
+        reports: dict[tuple[str, str], HostReport] = {}
         with Prehasher([(plan.staging / f.root / f.rel, f) for f in pending]) as hashes:
             for root, files in _by_root(pending):
-                src_root = plan.rec.worker_dir if root == "worker" else plan.rec.worktree
-                moved = transport.fetch(src_root, [f.rel for f in files], plan.staging / root,
-                                        {f.rel: f.size for f in files}, observer)
+                moved = transport.fetch(_source_root(plan, root), [f.rel for f in files],
+                                        plan.staging / root, {f.rel: f.size for f in files},
+                                        observer, _cache_ref(plan, root))
                 total.files += moved.files
                 total.bytes += moved.bytes
+                reports.update(((root, rel), r) for rel, r in moved.reports.items())
         retry = []
         for f in pending:
-            verdict = _verify_and_place(plan, f, hashes)
-            if verdict == "ok":
-                pass
-            elif verdict == "changed":
-                changed.append(Skipped(f.local_rel, "changed during the collect (still being "
-                                                    "written?); collect again later"))
-            elif attempt == 1:
+            kind, why = _verify_and_place(plan, f, hashes, reports.get((f.root, f.rel)))
+            if kind == "skip":
+                changed.append(Skipped(f.local_rel, why))
+            elif kind == "retry" and attempt == 1:
                 retry.append(f)  # a stale partial or a bad copy: once more from scratch
-            else:
-                errors.append(f"{f.local_rel}: {verdict}")
+            elif kind == "retry":
+                errors.append(f"{f.local_rel}: {why}")
         pending = retry
     plan.index.save()
     return total, errors, changed
@@ -859,30 +912,44 @@ def _by_root(files: Iterable[RemoteFile]) -> Iterator[tuple[str, list[RemoteFile
     yield from groups.items()
 
 
-def _verify_and_place(plan: WorkerPlan, f: RemoteFile, hashes: Prehasher) -> str:
+def _verify_and_place(plan: WorkerPlan, f: RemoteFile, hashes: Prehasher,
+                      report: HostReport | None) -> tuple[str, str]:
+    """("ok", ""), ("skip", why) for a file that changed or vanished on the host, or
+    ("retry", why) for a copy that is missing or wrong."""
+    host_sha256 = f.sha256
+    if report is not None:
+        # The sender hashed exactly what it sent, as it was then: that is the reference.
+        if report.error:
+            return "skip", f"skipped on the host: {report.error}"
+        if report.changed or (report.size, report.mtime_ns) != (f.size, f.mtime_ns):
+            return "skip", CHANGED
+        host_sha256 = report.sha256
     staged = plan.staging / f.root / f.rel
     if not inside(plan.staging, staged) or os.path.islink(staged):
-        return "refused: staged copy is not a plain file inside the staging directory"
+        return "retry", "refused: staged copy is not a plain file inside the staging directory"
     try:
         st = staged.stat()
     except FileNotFoundError:
-        return "was not transferred"
+        return "retry", "was not transferred"
     if st.st_size != f.size or not _same_mtime(st.st_mtime_ns, f.mtime_ns):
-        return "changed"
+        return "skip", CHANGED
+    if not host_sha256:
+        return "retry", "the host reported no sha256 for it"
     digest = hashes.digest(staged, st)
-    if digest != f.sha256:
+    if digest != host_sha256:
         staged.unlink()
-        return (f"checksum mismatch: host sha256 {f.sha256[:16]}…, copy {digest[:16]}… "
-                "(copy discarded)")
+        return "retry", (f"checksum mismatch: host sha256 {host_sha256[:16]}…, copy "
+                         f"{digest[:16]}… (copy discarded)")
     target = plan.dest / f.local_rel
     target.parent.mkdir(parents=True, exist_ok=True)
     if not inside(plan.dest, target.parent / "x"):
-        return "refused: target directory resolves outside the results directory"
+        return "retry", "refused: target directory resolves outside the results directory"
     if target.is_symlink() or target.is_dir():
-        return "refused: a symlink or directory is in the way of the copy"
+        return "retry", "refused: a symlink or directory is in the way of the copy"
     os.replace(staged, target)
     plan.index.record(f.local_rel, target, digest)
-    return "ok"
+    plan.host_sha256[f.local_rel] = digest
+    return "ok", ""
 
 
 def _same_mtime(a_ns: int, b_ns: int) -> bool:
@@ -951,7 +1018,9 @@ def _collect_host(config: Config, store: RunStore, run_id: str, host_name: str,
     with open_host(config, host_name) as host:
         states = _states(config, host, hc.type, recs, observe_host)
         running = {r.name: not WorkerState(states[r.name]).terminal for r in recs}
-        listing = list_host(config, host, recs, running)
+        # Streaming hashes while sending, so its listing only stats (see the module doc).
+        streaming = wanted in ("auto", "stream") and can_stream(host)
+        listing = list_host(config, host, recs, running, hash_files=not streaming)
         transport: Transport | None = None
         out: list[WorkerCollect] = []
         try:
@@ -960,8 +1029,9 @@ def _collect_host(config: Config, store: RunStore, run_id: str, host_name: str,
                 observer.listed(rec.name, host, wl)
                 plan = plan_worker(rec, root / rec.name, wl, states[rec.name],
                                    running[rec.name])
-                if plan.fetch and transport is None:
-                    transport = _transport_for(host, listing.has_rsync, wanted)
+                if (plan.fetch or plan.undecided) and transport is None:
+                    transport = _transport_for(host, listing.has_rsync, wanted,
+                                               python_for(config, host))
                 out.append(_finish_worker(store, run_id, plan, transport, observer))
         finally:
             if transport is not None:
@@ -969,11 +1039,11 @@ def _collect_host(config: Config, store: RunStore, run_id: str, host_name: str,
         return out
 
 
-def _transport_for(host: Host, has_rsync: bool, wanted: str) -> Transport:
+def _transport_for(host: Host, has_rsync: bool, wanted: str, python: str) -> Transport:
     if wanted == "copy" and not isinstance(host, LocalHost):
         raise WtRunError(f"host {host.name} is not this machine: cannot copy directly",
-                         f"use {TRANSPORT_ENV}=auto, rsync or sftp")
-    return choose_transport(host, has_rsync, wanted)
+                         f"use {TRANSPORT_ENV}=auto, stream, rsync or sftp")
+    return choose_transport(host, has_rsync, wanted, python)
 
 
 def _states(config: Config, host: Host, host_type: str, recs: Sequence[WorkerRecord],
@@ -998,7 +1068,7 @@ def _state_value(obs: Observation) -> str:
 def _finish_worker(store: RunStore, run_id: str, plan: WorkerPlan, transport: Transport | None,
                    observer: CollectObserver) -> WorkerCollect:
     moved, errors, changed = TransferResult(), [], []
-    if plan.fetch:
+    if plan.fetch or plan.undecided:
         assert transport is not None
         try:
             moved, errors, changed = transfer_worker(plan, transport, observer)
@@ -1007,8 +1077,9 @@ def _finish_worker(store: RunStore, run_id: str, plan: WorkerPlan, transport: Tr
     else:
         plan.index.save()
     skipped = (*plan.listing.skipped, *plan.refused, *changed)
-    verified = [f for f in plan.listing.files
-                if plan.index.entries.get(f.local_rel, [None] * 5)[4] == f.sha256]
+    verified = [f for f in plan.listing.files if f.local_rel in plan.host_sha256 and
+                plan.index.entries.get(f.local_rel, [None] * 5)[4]
+                == plan.host_sha256[f.local_rel]]
     done = (not errors and not plan.running and not changed and len(verified)
             == len(plan.listing.files) - len(plan.refused))
     collected_at = time.time() if done else None

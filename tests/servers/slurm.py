@@ -228,7 +228,10 @@ class SlurmCluster:
             "AuthType=auth/munge",
             "CredType=cred/munge",
             # 22.05: the munge socket is the "socket=" item of AuthInfo (also used by cred/munge).
-            f"AuthInfo=socket={self.munge_socket}",
+            # cred_expire also sets how long a requeued job waits before it may start again
+            # (default 120 s); starting it earlier by hand gets it killed ("credential
+            # revoked"), so tests use a short lifetime and let Slurm restart it.
+            f"AuthInfo=socket={self.munge_socket},cred_expire=10",
             f"StateSaveLocation={d / 'state'}",
             f"SlurmdSpoolDir={d / 'spool'}",
             f"TmpFS={d / 'tmp'}",

@@ -44,6 +44,7 @@ import fcntl
 import hashlib
 import json
 import os
+import queue
 import re
 import shlex
 import shutil
@@ -163,6 +164,9 @@ class CollectObserver:
     def file_done(self) -> None:
         """One file transferred and verified."""
 
+    def written(self, path: Path, upto: int) -> None:
+        """A transport wrote bytes [0, upto) of a staged copy (used to hash it meanwhile)."""
+
 
 # ---------------------------------------------------------------- listing on the host
 
@@ -229,7 +233,8 @@ def list_host(config: Config, host: Host, records: Sequence[WorkerRecord],
 
 
 def _command_timeout(config: Config, host: Host) -> float | None:
-    if host.name in config.hosts and config.host(host.name).type == "ssh":
+    # A Slurm host's login node (via: an ssh host) is named after the Slurm host.
+    if host.name in config.hosts and config.host(host.name).type in ("ssh", "slurm"):
         # Hashing gigabytes of checkpoints the first time takes a while.
         return max(config.host(host.name).command_timeout, 3600.0)
     return None
@@ -345,6 +350,9 @@ class Transport(ABC):
         """The host's sha256 of files a stat-only listing left unknown (`stream` only)."""
         raise AssertionError(f"{self.name}: the listing hashed every file")
 
+    def connect_early(self) -> None:  # noqa: B027 - optional hook
+        """Start connecting now, while the host lists its files."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
@@ -453,8 +461,29 @@ class OpenSSHMaster:
                      # default list, so a server without it still negotiates.
                      "-o", f"Ciphers=^{FAST_CIPHER}"]
         self.destination = destination
+        self._early: threading.Thread | None = None
+
+    def connect_early(self) -> None:
+        """Open the shared connection in the background (handshake and login take a few
+        hundred ms): the next call waits for it instead of racing it to become the master."""
+        def connect() -> None:
+            # -f: back to us once logged in; the master stays (ControlPersist). No pipes:
+            # the master would hold them open.
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run([*self.argv, "-f", "-N", self.destination],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=60, check=False)
+
+        self._early = threading.Thread(target=connect, name="collect-ssh-connect", daemon=True)
+        self._early.start()
+
+    def ready(self) -> None:
+        if self._early is not None:
+            self._early.join()
+            self._early = None
 
     def close(self) -> None:
+        self.ready()
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run([*self._ssh, "-o", f"ControlPath={self._control_dir}/%C",
                             "-O", "exit", self.destination], capture_output=True, timeout=10,
@@ -570,6 +599,9 @@ class SSHStreamTransport(Transport):
         # The user's login shell parses the command (as with rsync): quoted for POSIX shells.
         self._remote = shlex.join([python, "-c", lister_source(), "--send"])
 
+    def connect_early(self) -> None:
+        self._master.connect_early()
+
     def fetch(self, root: str, rels: Sequence[str], staging: Path, sizes: Mapping[str, int],
               observer: CollectObserver, cache: CacheRef | None = None) -> TransferResult:
         staging.mkdir(parents=True, exist_ok=True)
@@ -586,6 +618,7 @@ class SSHStreamTransport(Transport):
                 trailer = _read_json(stream, self.destination)
                 mtime_ns = int(header["mtime_ns"])
                 os.utime(staging / rel, ns=(mtime_ns, mtime_ns))
+                observer.written(staging / rel, offset + length)  # complete: mtime is set
                 result.reports[rel] = HostReport(str(trailer["sha256"]), int(header["size"]),
                                                  mtime_ns, bool(trailer["changed"]))
                 result.bytes += length
@@ -615,6 +648,7 @@ class SSHStreamTransport(Transport):
         requests = {"cache": cache.path if cache else "", "files": [
             {"path": f"{root.rstrip('/')}/{rel}", "offset": offsets[rel], "data": data,
              "key": cache.key(rel) if cache else ""} for rel in rels]}
+        self._master.ready()
         # stderr to a file, not a pipe: the backgrounded ControlMaster inherits it.
         with tempfile.TemporaryFile() as err_file:
             proc = subprocess.Popen([*self._master.argv, self.destination, self._remote],
@@ -686,17 +720,24 @@ def _receive(stream: IO[bytes], target: Path, offset: int, length: int,
     try:
         os.ftruncate(fd, offset)
         os.lseek(fd, offset, os.SEEK_SET)
-        left = length
-        while left:
-            n = stream.readinto(view[:min(left, CHUNK)])  # type: ignore[attr-defined]
+        observer.written(target, offset)
+        done = offset
+        while done < offset + length:
+            n = stream.readinto(view[:min(offset + length - done, CHUNK)])  # type: ignore
             if not n:
                 raise WtRunError(f"sending from {where}: the stream ended inside {target.name}",
                                  "check the host, then collect again (it resumes)")
-            os.write(fd, view[:n])
-            left -= n
+            _write_all(fd, view[:n])
+            done += n
+            observer.written(target, done)
             observer.advance(n)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data):]
 
 
 def can_stream(host: Host) -> bool:
@@ -824,14 +865,28 @@ def _cache_ref(plan: WorkerPlan, root: str) -> CacheRef:
     return CacheRef(f"{plan.rec.worker_dir}/.collect-sums.json", root)
 
 
+@dataclass
+class _Growing:
+    """A staged copy hashed as it is written: bytes [0, pos) are in `sha`."""
+
+    file: RemoteFile
+    sha: Any = field(default_factory=hashlib.sha256)
+    pos: int = 0
+    done: bool = False
+
+
 class Prehasher:
-    """Hashes staged copies as soon as they are complete (listed size and mtime), while the
-    transfer of the next files goes on, so that verification does not re-read everything
-    after the last byte arrived. Results are keyed by what stat says, so a copy that changes
-    afterwards is hashed again at verification."""
+    """Hashes staged copies, read back from disk, while the transfer goes on, so that
+    verification does not re-read everything after the last byte arrived. A copy whose writer
+    reports its progress (`written`, from the stream transport) is hashed as it grows, up to
+    what the writer has confirmed, so even a single large file is hashed alongside its
+    transfer; other copies once they are complete (listed size and mtime). Results are keyed
+    by what stat says, so a copy that changes afterwards is hashed again at verification."""
 
     def __init__(self, files: Sequence[tuple[Path, RemoteFile]]) -> None:
         self._todo = dict(files)
+        self._growing: dict[Path, _Growing] = {}
+        self._written: queue.SimpleQueue[tuple[Path, int]] = queue.SimpleQueue()
         self.digests: dict[tuple[str, int, int, int, int], str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="collect-prehash", daemon=True)
@@ -849,22 +904,91 @@ class Prehasher:
         # ctime too: a copy rewritten in place with its size and mtime restored is new data.
         return (str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
+    def written(self, path: Path, upto: int) -> None:
+        """The writer has written bytes [0, upto) of `path` (called from its thread)."""
+        self._written.put((path, upto))
+
     def _run(self) -> None:
-        while self._todo and not self._stop.wait(0.05):
-            for path, f in list(self._todo.items()):
-                try:
-                    st = path.stat()
-                except OSError:
-                    continue
-                if st.st_size == f.size and _same_mtime(st.st_mtime_ns, f.mtime_ns):
-                    with contextlib.suppress(OSError):
-                        self.digests[self.ident(path, st)] = sha256_file(path)
-                    del self._todo[path]
-                if self._stop.is_set():
-                    return
+        while True:
+            try:
+                self._follow(*self._written.get(timeout=0.05))
+                continue
+            except queue.Empty:
+                pass
+            if self._stop.is_set():
+                return  # everything written has been hashed (the queue is empty)
+            self._poll()
+
+    def _poll(self) -> None:
+        for path, f in list(self._todo.items()):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            if st.st_size == f.size and _same_mtime(st.st_mtime_ns, f.mtime_ns):
+                with contextlib.suppress(OSError):
+                    self.digests[self.ident(path, st)] = sha256_file(path)
+                self._todo.pop(path, None)
+            if self._stop.is_set() or not self._written.empty():
+                return
+
+    def _follow(self, path: Path, upto: int) -> None:
+        grow = self._growing.get(path)
+        if grow is None:
+            f = self._todo.pop(path, None)
+            if f is None:
+                return
+            grow = self._growing[path] = _Growing(f)
+        if grow.done:
+            return
+        if upto < grow.pos:  # the copy was truncated: start over
+            grow.sha, grow.pos = hashlib.sha256(), 0
+        try:
+            with open(path, "rb", buffering=0) as fh:
+                fh.seek(grow.pos)
+                view = memoryview(bytearray(CHUNK))
+                while grow.pos < upto:
+                    n = fh.readinto(view[:min(CHUNK, upto - grow.pos)])
+                    if not n:
+                        break
+                    grow.sha.update(view[:n])
+                    grow.pos += n
+                st = os.fstat(fh.fileno())
+        except OSError:
+            grow.done = True  # verification hashes it whole
+            return
+        # Complete once the writer set the listed mtime; a later call (the writer reports
+        # the end again after that) catches the case where the bytes were hashed first.
+        if (grow.pos == grow.file.size == st.st_size
+                and _same_mtime(st.st_mtime_ns, grow.file.mtime_ns)):
+            self.digests[self.ident(path, st)] = grow.sha.hexdigest()
+            grow.done = True
 
     def digest(self, path: Path, st: os.stat_result) -> str:
         return self.digests.get(self.ident(path, st)) or sha256_file(path)
+
+
+class _HashingObserver(CollectObserver):
+    """Passes progress on, and what a transport wrote to the Prehasher."""
+
+    def __init__(self, inner: CollectObserver, hashes: Prehasher) -> None:
+        self.inner = inner
+        self.hashes = hashes
+
+    def listed(self, name: str, host: Host, listing: WorkerListing) -> None:
+        self.inner.listed(name, host, listing)
+
+    def planned(self, files: int, nbytes: int) -> None:
+        self.inner.planned(files, nbytes)
+
+    def advance(self, nbytes: int) -> None:
+        self.inner.advance(nbytes)
+
+    def file_done(self) -> None:
+        self.inner.file_done()
+
+    def written(self, path: Path, upto: int) -> None:
+        self.hashes.written(path, upto)
 
 
 CHANGED = "changed during the collect (still being written?); collect again later"
@@ -884,10 +1008,11 @@ def transfer_worker(plan: WorkerPlan, transport: Transport, observer: CollectObs
         observer.planned(len(pending), sum(f.size for f in pending))
         reports: dict[tuple[str, str], HostReport] = {}
         with Prehasher([(plan.staging / f.root / f.rel, f) for f in pending]) as hashes:
+            hashing = _HashingObserver(observer, hashes)
             for root, files in _by_root(pending):
                 moved = transport.fetch(_source_root(plan, root), [f.rel for f in files],
                                         plan.staging / root, {f.rel: f.size for f in files},
-                                        observer, _cache_ref(plan, root))
+                                        hashing, _cache_ref(plan, root))
                 total.files += moved.files
                 total.bytes += moved.bytes
                 reports.update(((root, rel), r) for rel, r in moved.reports.items())
@@ -1020,10 +1145,15 @@ def _collect_host(config: Config, store: RunStore, run_id: str, host_name: str,
         running = {r.name: not WorkerState(states[r.name]).terminal for r in recs}
         # Streaming hashes while sending, so its listing only stats (see the module doc).
         streaming = wanted in ("auto", "stream") and can_stream(host)
-        listing = list_host(config, host, recs, running, hash_files=not streaming)
         transport: Transport | None = None
+        if streaming and any(not (root / r.name / BOOKKEEPING / "index.json").exists()
+                             for r in recs):
+            # A first collect will fetch: open the bulk connection while the host lists.
+            transport = choose_transport(host, False, wanted, python_for(config, host))
+            transport.connect_early()
         out: list[WorkerCollect] = []
         try:
+            listing = list_host(config, host, recs, running, hash_files=not streaming)
             for rec in recs:
                 wl = listing.workers[rec.name]
                 observer.listed(rec.name, host, wl)
@@ -1068,10 +1198,10 @@ def _state_value(obs: Observation) -> str:
 def _finish_worker(store: RunStore, run_id: str, plan: WorkerPlan, transport: Transport | None,
                    observer: CollectObserver) -> WorkerCollect:
     moved, errors, changed = TransferResult(), [], []
-    if plan.fetch or plan.undecided:
-        assert transport is not None
+    used = transport if plan.fetch or plan.undecided else None
+    if used is not None:
         try:
-            moved, errors, changed = transfer_worker(plan, transport, observer)
+            moved, errors, changed = transfer_worker(plan, used, observer)
         except WtRunError as exc:
             errors = [str(exc)]
     else:
@@ -1085,7 +1215,7 @@ def _finish_worker(store: RunStore, run_id: str, plan: WorkerPlan, transport: Tr
     collected_at = time.time() if done else None
     result = WorkerCollect(
         plan.rec.name, plan.rec.host, plan.state, plan.dest,
-        transport.name if transport is not None else "none",
+        used.name if used is not None else "none",
         len(verified), sum(f.size for f in verified), moved.files, moved.bytes,
         tuple(skipped), tuple(errors), done)
     write_worker_json(run_id, plan, result, collected_at)

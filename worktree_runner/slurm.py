@@ -229,9 +229,12 @@ def open_slurm_host(config: Config, hc: HostConfig) -> Host:
     if via.type != "ssh":
         raise ConfigError(f"{config.path}: hosts.{hc.name}.via: '{hc.via}' is a {via.type} host",
                           "set via: to an ssh host name or to local")
-    from .ssh import SSHHost
+    from .ssh import shared_ssh_host
 
-    return SSHHost(replace(via, root=root))
+    # The login node's connection settings with the Slurm host's root, named after the Slurm
+    # host (messages, `setup --host` fixes, collect's python). Pooled: the steps of one
+    # command (root, code sync, sbatch/squeue/scancel) share one SSH connection.
+    return shared_ssh_host(replace(via, root=root), name=hc.name)
 
 
 def _root_of(rec: WorkerRecord) -> str:

@@ -123,10 +123,12 @@ def ssh_config_path() -> str | None:
 
 class SSHHost(Host):
     """A remote machine reached over SSH. `root` is resolved on the host (`~` expanded) the
-    first time it is needed, then kept."""
+    first time it is needed, then kept. `name` is the config entry the host stands for (a
+    Slurm host reached through this login node); connection settings stay `hc.name`'s."""
 
-    def __init__(self, hc: HostConfig, *, pooled: bool = False) -> None:
-        self.name = hc.name
+    def __init__(self, hc: HostConfig, *, pooled: bool = False, name: str | None = None
+                 ) -> None:
+        self.name = name or hc.name
         self.hc = hc
         self._pooled = pooled
         self._ssh_config = ssh_config_path()
@@ -174,7 +176,7 @@ class SSHHost(Host):
             key = os.path.expanduser(self.hc.key)
             if not os.path.isfile(key):
                 raise SSHAuthFailed(self.name, f"key file {key} does not exist",
-                                    f"fix key: under hosts.{self.name}")
+                                    f"fix key: under hosts.{self.hc.name}")
             kwargs["key_filename"] = [key]
         conn = Connection(self.hc.address, config=config, connect_kwargs=kwargs)
         self._harden(conn)
@@ -268,7 +270,7 @@ class SSHHost(Host):
                 f"({exc.key.get_name()} {fingerprint(exc.key)})",
                 f"if that fingerprint is the host's, trust it: "
                 f"ssh-keyscan -p {port} {host} >> {target} "
-                f"(or set strict_host_key: false for hosts.{self.name})")
+                f"(or set strict_host_key: false for hosts.{self.hc.name})")
         if isinstance(exc, BadHostKeyException):
             target = ep.known_hosts[0] if ep.known_hosts else "~/.ssh/known_hosts"
             host, port = _split_known_name(exc.hostname, ep)
@@ -284,7 +286,8 @@ class SSHHost(Host):
             return SSHAuthFailed(
                 self.name, f"authentication failed for user {ep.user} at {ep.host}:{ep.port} "
                 f"with {keys}",
-                f"check key: under hosts.{self.name} (or IdentityFile in the ssh config) and "
+                f"check key: under hosts.{self.hc.name} (or IdentityFile in the ssh config) "
+                "and "
                 f"that its public key is in ~{ep.user}/.ssh/authorized_keys on the host")
         return HostUnreachable(self.name, f"cannot connect to {ep.label}: {_describe(exc)}",
                                "check that the host is up and sshd runs, then retry")
@@ -370,7 +373,8 @@ class SSHHost(Host):
                     if wait <= 0:
                         raise CommandInterrupted(
                             self.name, f"command did not finish within {timeout:g} s",
-                            f"check the host's load; raise command_timeout for hosts.{self.name}")
+                            "check the host's load; raise command_timeout for "
+                            f"hosts.{self.hc.name}")
                 select.select([chan], [], [], min(wait, 1.0))
             on_out(decode_out.decode(b"", final=True))
             on_err(decode_err.decode(b"", final=True))
@@ -383,7 +387,7 @@ class SSHHost(Host):
             return code
         except TimeoutError:
             raise CommandInterrupted(self.name, f"command did not finish within {timeout:g} s",
-                                     f"raise command_timeout for hosts.{self.name}") from None
+                                     f"raise command_timeout for hosts.{self.hc.name}") from None
         except (OSError, EOFError) as exc:
             raise CommandInterrupted(self.name, f"connection lost: {_describe(exc)}",
                                      "check the host, then retry") from None
@@ -554,15 +558,16 @@ _POOL: dict[tuple[Any, ...], SSHHost] = {}
 _POOL_LOCK = threading.Lock()
 
 
-def shared_ssh_host(hc: HostConfig) -> SSHHost:
+def shared_ssh_host(hc: HostConfig, name: str | None = None) -> SSHHost:
     """The process-wide SSHHost for a host entry: every step of one command (status probe,
-    code sync, launch) shares its single connection. `close()` on it is a no-op."""
-    key = (hc.name, hc.address, hc.key, hc.root, hc.strict_host_key, hc.connect_timeout,
-           hc.command_timeout, os.environ.get(SSH_CONFIG_ENV, ""))
+    code sync, launch) shares its single connection. `close()` on it is a no-op. `name`: see
+    `SSHHost`."""
+    key = (name or hc.name, hc.name, hc.address, hc.key, hc.root, hc.strict_host_key,
+           hc.connect_timeout, hc.command_timeout, os.environ.get(SSH_CONFIG_ENV, ""))
     with _POOL_LOCK:
         host = _POOL.get(key)
         if host is None:
-            host = _POOL[key] = SSHHost(hc, pooled=True)
+            host = _POOL[key] = SSHHost(hc, pooled=True, name=name)
         return host
 
 

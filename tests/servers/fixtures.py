@@ -13,7 +13,7 @@ Availability rule (:func:`require_binaries`): a missing binary skips the test, e
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -78,17 +78,20 @@ def sshd_server_nonroot(tmp_path: Path) -> Iterator[SSHServer]:
 
 @pytest.fixture
 def sshd_servers(tmp_path: Path) -> Iterator[Callable[..., list[SSHServer]]]:
-    """Factory: ``sshd_servers(n, user=None)`` starts ``n`` more servers (stopped at teardown).
+    """Factory: ``sshd_servers(n, user=None, extra_config=())`` starts ``n`` more servers
+    (stopped at teardown); ``extra_config`` lines are appended to each sshd_config.
 
     Each server has its own directory, port, host key and client key.
     """
     require_binaries(*SSH_BINARIES)
     servers: list[SSHServer] = []
 
-    def make(n: int = 1, user: str | None = None) -> list[SSHServer]:
+    def make(n: int = 1, user: str | None = None,
+             extra_config: Sequence[str] = ()) -> list[SSHServer]:
         batch: list[SSHServer] = []
         for _ in range(n):
-            server = SSHServer(tmp_path / f"sshd{len(servers)}", user=user)
+            server = SSHServer(tmp_path / f"sshd{len(servers)}", user=user,
+                               extra_config=extra_config)
             servers.append(server)
             batch.append(server.start())
         return batch

@@ -21,6 +21,7 @@ import re
 import shlex
 import subprocess
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -89,9 +90,12 @@ class SSHServer:
 
     ``user`` is the login user used by :meth:`ssh_argv` / :meth:`ssh_config_entry` (default: the
     current user).  A different user is created with :func:`ensure_user` on :meth:`start`.
+    ``extra_config`` lines are appended to sshd_config (e.g. ``SetEnv SLURM_CONF=...``, which
+    gives every session the environment a real login node has from its /etc).
     """
 
-    def __init__(self, directory: Path | str, user: str | None = None, port: int | None = None):
+    def __init__(self, directory: Path | str, user: str | None = None, port: int | None = None,
+                 extra_config: Sequence[str] = ()):
         self.dir = Path(directory).resolve()
         self.host = HOST
         self.port = port or _proc.free_port()
@@ -105,6 +109,7 @@ class SSHServer:
         self.log = self.dir / "sshd.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._started_once = False
+        self.extra_config = tuple(extra_config)
 
     # ----------------------------------------------------------------- keys and config files
     @property
@@ -153,6 +158,7 @@ class SSHServer:
                 "MaxStartups 200",
                 "MaxSessions 200",
                 "Subsystem sftp internal-sftp",
+                *self.extra_config,
                 "",
             ]
         )

@@ -99,6 +99,18 @@ class WtRun:
                              run, timeout)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_ssh_pool():
+    """Each test starts and ends without pooled SSH connections (servers come and go)."""
+    pool = sys.modules.get("worktree_runner.ssh")
+    if pool is not None:
+        pool.close_all()
+    yield
+    pool = sys.modules.get("worktree_runner.ssh")
+    if pool is not None:
+        pool.close_all()
+
+
 @pytest.fixture
 def repo_factory(tmp_path: Path) -> Callable[..., Path]:
     def factory(name: str = "repo", files: dict[str, str] | None = None,

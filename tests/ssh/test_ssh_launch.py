@@ -27,13 +27,6 @@ from worktree_runner import ssh as wt_ssh
 pytestmark = pytest.mark.ssh
 
 
-@pytest.fixture(autouse=True)
-def _fresh_pool():
-    wt_ssh.close_all()
-    yield
-    wt_ssh.close_all()
-
-
 def _two_hosts(tmp_path, sshd_servers, monkeypatch, branches, **cfg):  # noqa: F811
     a, b = sshd_servers(2)
     ssh_config = write_ssh_config(tmp_path / "ssh_config", {"h1": a, "h2": b})

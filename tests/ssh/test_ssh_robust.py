@@ -36,13 +36,6 @@ from worktree_runner.config import load_config
 pytestmark = pytest.mark.ssh
 
 
-@pytest.fixture(autouse=True)
-def _fresh_pool():
-    wt_ssh.close_all()
-    yield
-    wt_ssh.close_all()
-
-
 def _setup(tmp_path, monkeypatch, servers, branches, *, ssh_extra="", host_extra=None, **cfg):
     aliases = {f"h{i + 1}": s for i, s in enumerate(servers)}
     ssh_config = write_ssh_config(tmp_path / "ssh_config", aliases, ssh_extra)

@@ -17,16 +17,8 @@ from tests.ssh.helpers import (
     write_config,
     write_ssh_config,
 )
-from worktree_runner import ssh as wt_ssh
 
 pytestmark = pytest.mark.ssh
-
-
-@pytest.fixture(autouse=True)
-def _fresh_pool():
-    wt_ssh.close_all()
-    yield
-    wt_ssh.close_all()
 
 
 def test_setup_is_idempotent_and_enables_launch(tmp_path, sshd_servers, monkeypatch):  # noqa: F811

@@ -70,6 +70,14 @@ def make_run(base: Path, server: SSHServer, files: int, size_mib: int) -> tuple[
     return repo / "wt-run.yaml", report.run
 
 
+def settle(*copies: Path) -> None:
+    """Start each timed copy alike: earlier copies deleted and nothing left to write back.
+    Otherwise the copy timed last pays for writing back the gigabytes of those before it."""
+    for path in copies:
+        shutil.rmtree(path, ignore_errors=True)
+    os.sync()
+
+
 def timed(argv: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run(argv, check=True, capture_output=True)
@@ -98,12 +106,14 @@ def main() -> None:
         ssh_cmd = f"ssh -F {ssh_config}"
         remote = f"bench:{out}"
 
+        copies = (base / "rsync", base / "scp", base / "results")
+
         def baseline_rsync() -> float:
-            shutil.rmtree(base / "rsync", ignore_errors=True)
+            settle(*copies)
             return timed(["rsync", "-a", "-e", ssh_cmd, remote + "/", f"{base / 'rsync'}/"])
 
         def baseline_scp() -> float:
-            shutil.rmtree(base / "scp", ignore_errors=True)
+            settle(*copies)
             return timed(["scp", "-q", "-r", "-F", str(ssh_config), remote, str(base / "scp")])
 
         def wt_collect(dest: Path) -> tuple[float, int, int]:
@@ -115,8 +125,10 @@ def main() -> None:
             w = report.workers[0]
             return elapsed, w.transferred_files, w.transferred_bytes
 
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
         t_rsync = baseline_rsync()
         t_scp = baseline_scp()
+        settle(*copies)
         t_collect, files1, bytes1 = wt_collect(base / "results")
         conns = server.connection_count()
         t_again, files2, bytes2 = wt_collect(base / "results")
@@ -124,7 +136,7 @@ def main() -> None:
         mib = total / (1 << 20)
         faster = min(t_rsync, t_scp)
         print(f"payload: {mib:.0f} MiB in {args.files} files over loopback sshd "
-              f"(127.0.0.1:{server.port})")
+              f"(127.0.0.1:{server.port}); load average before: {load}")
         print(f"rsync -a       : {t_rsync:6.2f} s  {mib / t_rsync:7.1f} MiB/s")
         print(f"scp -r         : {t_scp:6.2f} s  {mib / t_scp:7.1f} MiB/s")
         print(f"wt-run collect : {t_collect:6.2f} s  {mib / t_collect:7.1f} MiB/s  "

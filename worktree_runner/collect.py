@@ -66,6 +66,10 @@ from .runs import RunStore, WorkerRecord, atomic_write_text
 from .workers import Observation, WorkerState, query_workers
 
 CHUNK = 1 << 20
+# Receiving: a buffer that stays in the CPU cache between the pipe read and the file write.
+# Measured on the collect bench: 1 MiB costs 4x the kernel time of 128 KiB (the copy into
+# the page cache then reads the buffer back from memory, competing with ssh for it).
+RECV_CHUNK = 1 << 17
 SETTLE_S = 2.0
 WORKER_PATTERNS = ("log", "attempts/*/log", "out/**")
 BOOKKEEPING = ".collect"
@@ -716,14 +720,14 @@ def _receive(stream: IO[bytes], target: Path, offset: int, length: int,
     """Write `length` bytes from the stream into the staged copy at `offset`."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o666)
-    view = memoryview(bytearray(CHUNK))
+    view = memoryview(bytearray(RECV_CHUNK))
     try:
         os.ftruncate(fd, offset)
         os.lseek(fd, offset, os.SEEK_SET)
         observer.written(target, offset)
         done = offset
         while done < offset + length:
-            n = stream.readinto(view[:min(offset + length - done, CHUNK)])  # type: ignore
+            n = stream.readinto(view[:min(offset + length - done, RECV_CHUNK)])  # type: ignore[attr-defined]
             if not n:
                 raise WtRunError(f"sending from {where}: the stream ended inside {target.name}",
                                  "check the host, then collect again (it resumes)")

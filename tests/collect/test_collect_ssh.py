@@ -1,10 +1,11 @@
 """`collect` from an SSH host (a real sshd on 127.0.0.1; the worker was launched there with
-`wt-run launch --host gpu --wait`), over rsync and over SFTP: verified copies, an unchanged
-collect that moves no data and opens one connection, corruption caught, and an interrupted
-rsync that resumes."""
+`wt-run launch --host gpu --wait`), over the stream (the default), rsync and SFTP: verified
+copies, an unchanged collect that moves no data and opens one connection, corruption caught,
+interrupted transfers that resume, and a lost host checksum cache that costs no transfer."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -19,13 +20,6 @@ from worktree_runner.config import load_config
 from worktree_runner.runs import RunStore
 
 pytestmark = pytest.mark.ssh
-
-
-@pytest.fixture(autouse=True)
-def _fresh_pool():
-    wt_ssh.close_all()
-    yield
-    wt_ssh.close_all()
 
 
 def _remote_run(tmp_path: Path, server: SSHServer, monkeypatch: pytest.MonkeyPatch,
@@ -51,7 +45,7 @@ def _remote_files(cfg: Path, run: str) -> dict[str, bytes]:
     return files
 
 
-@pytest.mark.parametrize("transport", ["rsync", "sftp"])
+@pytest.mark.parametrize("transport", ["stream", "rsync", "sftp"])
 def test_ssh_collect_verified_then_unchanged_collect_moves_nothing(
         tmp_path: Path, sshd_server: SSHServer, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
         transport: str) -> None:
@@ -65,8 +59,8 @@ def test_ssh_collect_verified_then_unchanged_collect_moves_nothing(
     remote = _remote_files(cfg, run)
     assert tree(dest) | {"worker.json": b""} == remote | {"worker.json": b""}
     assert w.transferred_files == len(remote)
-    # rsync: the listing connection plus one shared OpenSSH connection; SFTP: just one.
-    expected = before + (2 if transport == "rsync" else 1)
+    # stream, rsync: the listing connection plus one shared OpenSSH connection; SFTP: one.
+    expected = before + (1 if transport == "sftp" else 2)
     assert sshd_server.wait_connection_count(expected) == expected
 
     wt_ssh.close_all()
@@ -122,3 +116,115 @@ def test_ssh_interrupted_rsync_resumes(tmp_path: Path, sshd_server: SSHServer,  
     assert tree(dest) | {"worker.json": b""} == remote | {"worker.json": b""}
     # Resumed: the files completed before the interrupt were not sent again.
     assert w.transferred_files == len(remote) - len(complete)
+
+
+class _CorruptStaged(CollectObserver):
+    """Flips a byte of a staged copy each time it is complete, keeping its size and mtime:
+    what corruption in transit, or a bug in writing the copy, looks like."""
+
+    def __init__(self, staged: Path, size: int) -> None:
+        self.staged = staged
+        self.size = size
+        self.done: set[tuple[int, int]] = set()  # copies already damaged (inode, ctime)
+
+    @property
+    def times(self) -> int:
+        return len(self.done)
+
+    def file_done(self) -> None:
+        if not self.staged.is_file():
+            return
+        st = self.staged.stat()
+        if st.st_size != self.size or (st.st_ino, st.st_ctime_ns) in self.done:
+            return
+        data = bytearray(self.staged.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        self.staged.write_bytes(bytes(data))
+        os.utime(self.staged, ns=(st.st_atime_ns, st.st_mtime_ns))
+        after = self.staged.stat()
+        self.done.add((after.st_ino, after.st_ctime_ns))
+
+
+def test_ssh_stream_corrupted_copy_is_caught_and_never_placed(
+        tmp_path: Path, sshd_server: SSHServer,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch, ckpt_kib=2048)
+    rec = RunStore(cfg.parent / ".wt-run").load(run).workers["a"]
+    size = (Path(rec.out) / "checkpoints" / "last.pt").stat().st_size
+    dest = tmp_path / "repo" / "results" / run / "a"
+    corrupt = _CorruptStaged(dest / ".collect" / "incoming" / "worker" / "out" / "checkpoints"
+                             / "last.pt", size)
+    report = collect(load_config(cfg), run=run, transport="stream", observer=corrupt)
+    w = report.workers[0]
+    assert corrupt.times == 2  # the first attempt and its retry
+    assert not w.ok and not w.marked and w.transport == "stream"
+    assert any("checksum mismatch" in e and "last.pt" in e for e in w.errors)
+    assert not (dest / "out" / "checkpoints" / "last.pt").exists()
+    assert (dest / "log").exists()  # the other files were fine
+
+    wt_ssh.close_all()
+    report = collect(load_config(cfg), run=run)
+    assert report.ok and report.workers[0].marked
+    assert (dest / "out" / "checkpoints" / "last.pt").read_bytes() == (
+        Path(rec.out) / "checkpoints" / "last.pt").read_bytes()
+
+
+class _InterruptAfter(CollectObserver):
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+        self.seen = 0
+
+    def advance(self, nbytes: int) -> None:
+        self.seen += nbytes
+        if self.seen >= self.nbytes:
+            raise KeyboardInterrupt
+
+
+def test_ssh_interrupted_stream_resumes(tmp_path: Path, sshd_server: SSHServer,  # noqa: F811
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch, ckpt_kib=6 * 1024)
+    config = load_config(cfg)
+    remote = _remote_files(cfg, run)
+    with pytest.raises(KeyboardInterrupt):
+        collect(config, run=run, transport="stream", observer=_InterruptAfter(2 << 20))
+    dest = tmp_path / "repo" / "results" / run / "a"
+    partial = dest / ".collect" / "incoming" / "worker" / "out" / "checkpoints" / "last.pt"
+    assert 0 < partial.stat().st_size < len(remote["out/checkpoints/last.pt"])
+    assert not (dest / "out" / "checkpoints" / "last.pt").exists()
+
+    wt_ssh.close_all()
+    report = collect(config, run=run)
+    w = report.workers[0]
+    assert w.ok and w.marked and w.transport == "stream"
+    assert tree(dest) | {"worker.json": b""} == remote | {"worker.json": b""}
+    # Resumed: the staged part of the checkpoint was not sent again.
+    assert w.transferred_bytes <= sum(len(v) for v in remote.values()) - (1 << 20)
+    assert not (dest / ".collect" / "incoming").exists()
+
+
+def test_ssh_lost_host_checksums_cost_no_transfer(tmp_path: Path,
+                                                  sshd_server: SSHServer,  # noqa: F811
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch)
+    config = load_config(cfg)
+    assert collect(config, run=run).workers[0].marked
+    rec = RunStore(cfg.parent / ".wt-run").load(run).workers["a"]
+    sums = Path(rec.worker_dir) / ".collect-sums.json"
+    assert sums.exists()  # the sender cached what it hashed
+
+    # Without the host's cache the listing knows no sha256: the host hashes the files whose
+    # local copy has the same size, and equal ones are not sent.
+    sums.unlink()
+    wt_ssh.close_all()
+    w = collect(config, run=run).workers[0]
+    assert w.ok and (w.transferred_files, w.transferred_bytes) == (0, 0)
+
+    # Same size, new content: found by its sha256 and fetched.
+    ckpt = Path(rec.out) / "checkpoints" / "last.pt"
+    ckpt.write_bytes(bytes(b ^ 0x5A for b in ckpt.read_bytes()))
+    sums.unlink()
+    wt_ssh.close_all()
+    w = collect(config, run=run).workers[0]
+    assert w.ok and w.transferred_files == 1
+    dest = tmp_path / "repo" / "results" / run / "a"
+    assert (dest / "out" / "checkpoints" / "last.pt").read_bytes() == ckpt.read_bytes()

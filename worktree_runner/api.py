@@ -21,6 +21,7 @@ from .layout import host_layout
 from .runs import RunManifest, RunStore, WorkerRecord
 from .templates import render_command
 from .workers import (
+    NEVER_STARTED,
     HostHealth,
     LaunchSpec,
     Observation,
@@ -279,12 +280,23 @@ def launch(config: Config, names: Sequence[str], *, hosts: Sequence[str] = (),
             except WtRunError as exc:
                 return HostOutcome(host_name, error=str(exc)), []
 
+        _record_planned(store, manifest, planned)
         results = parallel_map(start, list(zip(host_names, planned_per_host)))
         for _, recs in results:
             for rec in recs:
                 manifest = manifest.with_worker(rec)
         store.save(manifest)
     return LaunchReport(run_id, planned, [o for o, _ in results])
+
+
+def _record_planned(store: RunStore, manifest: RunManifest, records: Sequence[WorkerRecord]
+                    ) -> None:
+    """Save the workers about to start (launched_at unset) before starting them: a wt-run
+    killed mid-launch then leaves them in the manifest, where status finds those that started
+    and shows the others lost. The final save replaces these records."""
+    for rec in records:
+        manifest = manifest.with_worker(rec)
+    store.save(manifest)
 
 
 def _refuse_live(config: Config, store: RunStore, manifest: RunManifest, names: Sequence[str],
@@ -434,6 +446,7 @@ def generate(config: Config, *, host: str | None = None, run: str | None = None,
             return LaunchReport(run_id, [rec], [HostOutcome(host_name)], dry_run=True)
         if hc.type == "local":
             Path(layout.data).mkdir(parents=True, exist_ok=True)
+        _record_planned(store, manifest, [rec])
         try:
             outcome, done = _start_host(config, host_name, [rec])
         except WtRunError as exc:
@@ -479,6 +492,10 @@ def _observe_manifest(config: Config, store: RunStore, manifest: RunManifest) ->
     changed: list[WorkerRecord] = []
     for rec in records:
         obs = observed[rec.name]
+        if (obs.reason == NEVER_STARTED and rec.launched_at is None and rec.state is None
+                and store.busy()):
+            # Recorded by a launch that is still starting its workers: not lost, pending.
+            obs = replace(obs, state=WorkerState.PENDING, reason=None)
         if rec.state is not None:
             # A terminal state never goes back: keep what was recorded.
             cached = Observation(WorkerState(rec.state), rec.pid, rec.exit_code, rec.signal,
@@ -495,7 +512,8 @@ def _observe_manifest(config: Config, store: RunStore, manifest: RunManifest) ->
                                    scheduler_state=getattr(obs, "scheduler_state",
                                                            rec.scheduler_state)))
     if changed:
-        store.update(manifest.run, *changed)
+        # Only over the records observed: a relaunch meanwhile made a new attempt.
+        store.update(manifest.run, *changed, expected={r.name: r for r in records})
     return StatusReport(manifest.run, views, healths)
 
 
@@ -605,9 +623,16 @@ def clean_worktrees(config: Config, *, dry_run: bool = False, force: bool = Fals
                     delete_branches: bool = False) -> list[CleanAction]:
     """Remove wt-run's local worktrees (not those with live workers) and prune stale entries;
     optionally delete their branches when merged (or when forced)."""
+    store = RunStore(config.state_dir)
+    # Under the lock: a launch in progress holds it until its workers are recorded and started.
+    with store.locked():
+        return _clean_worktrees(config, store, dry_run, force, delete_branches)
+
+
+def _clean_worktrees(config: Config, store: RunStore, dry_run: bool, force: bool,
+                     delete_branches: bool) -> list[CleanAction]:
     from .worktrees import delete_branch, plan_removal, prune_worktrees, remove_worktree
 
-    store = RunStore(config.state_dir)
     busy = _live_names(config, store, "local")
     actions: list[CleanAction] = []
     for plan in plan_removal(config, busy):

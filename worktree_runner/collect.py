@@ -394,7 +394,12 @@ class StreamTransport(Transport):
             if have > sizes[rel]:
                 target.unlink()
                 have = 0
-            moved = self._copy(f"{root}/{rel}", target, have, sizes[rel], observer)
+            try:
+                moved = self._copy(f"{root}/{rel}", target, have, sizes[rel], observer)
+            except OSError as exc:
+                # Gone or unreadable since the listing (a rotated checkpoint): skipped.
+                result.reports[rel] = HostReport(error=f"unreadable: {exc.strerror or exc}")
+                continue
             result.bytes += moved
             if moved or sizes[rel] == 0:
                 result.files += 1
@@ -419,6 +424,7 @@ class StreamTransport(Transport):
                         moved += len(chunk)
                         observer.advance(len(chunk))
             _, mtime_ns = self._stat(src)
+        target.touch()  # an empty file has no bytes to copy, but its copy must exist
         os.utime(target, ns=(mtime_ns, mtime_ns))
         return moved
 
@@ -1225,7 +1231,10 @@ def _finish_worker(store: RunStore, run_id: str, plan: WorkerPlan, transport: Tr
     write_worker_json(run_id, plan, result, collected_at)
     if done:
         current = store.load(run_id).workers.get(plan.rec.name, plan.rec)
-        store.update(run_id, replace(current, collected_at=collected_at))
+        if (current.attempt, current.launched_at) == (plan.rec.attempt, plan.rec.launched_at):
+            # Not when a relaunch meanwhile recorded a new attempt: these files are the old one's.
+            store.update(run_id, replace(current, collected_at=collected_at),
+                         expected={current.name: current})
         shutil.rmtree(plan.staging, ignore_errors=True)
     return result
 

@@ -365,7 +365,7 @@ def _records(config: Config, run: str | None, results: Path
     run_dir = results / run
     if not run_dir.is_dir():
         raise WtRunError(f"run '{run}' is neither in this repository's runs nor under {results}",
-                         "check the id with `wt-run status --all-runs` or pass --run")
+                         "check the id (`ls .wt-run/runs`, `ls results`) and pass it to --run")
     recs, states = [], {}
     for meta_path in sorted(run_dir.glob("*/worker.json")):
         meta = read_summary(meta_path)

@@ -9,7 +9,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,21 @@ class RunStore:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+    def busy(self) -> bool:
+        """True while another process holds the lock (e.g. a launch that has recorded its
+        workers and is starting them); never blocks."""
+        try:
+            fh = open(self.state_dir / "lock", "a+")  # noqa: SIM115 - closed below
+        except OSError:
+            return False
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
+
     def run_dir(self, run: str) -> Path:
         return self.runs_dir / check_run_id(run)
 
@@ -143,7 +158,8 @@ class RunStore:
                              f"pick one of: {', '.join(known[-5:])}" if known
                              else "launch one with `wt-run launch --branches NAME...`"
                              ) from None
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # AttributeError: valid JSON of the wrong shape (`"workers": []`).
             raise WtRunError(f"manifest {path} is unreadable: {exc}",
                              "restore it from a backup or remove the run directory") from None
 
@@ -152,11 +168,18 @@ class RunStore:
         atomic_write_text(path, json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
         atomic_write_text(self.runs_dir / "latest", manifest.run + "\n")
 
-    def update(self, run: str, *records: WorkerRecord) -> RunManifest:
-        """Merge records into the stored manifest under the lock (for status/stop writers)."""
+    def update(self, run: str, *records: WorkerRecord,
+               expected: Mapping[str, WorkerRecord] | None = None) -> RunManifest:
+        """Merge records into the stored manifest under the lock (for status/stop writers).
+        With `expected` (name -> the record the caller's change was based on), a record is
+        merged only while the stored one is still that record: a launch may have replaced it
+        with a new attempt meanwhile, which an old observation must not overwrite."""
         with self.locked():
             manifest = self.load(run)
             for rec in records:
+                if expected is not None and manifest.workers.get(rec.name) != expected.get(
+                        rec.name):
+                    continue
                 manifest = manifest.with_worker(rec)
             self.save(manifest)
             return manifest
@@ -188,5 +211,5 @@ class RunStore:
     def _created(run_dir: Path) -> float:
         try:
             return float(json.loads((run_dir / "manifest.json").read_text())["created_at"])
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             return 0.0

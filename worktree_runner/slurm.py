@@ -31,6 +31,7 @@ from .errors import ConfigError, HostUnreachable
 from .hosts import Host, LocalHost
 from .runs import WorkerRecord
 from .workers import (
+    NEVER_STARTED,
     HostHealth,
     LaunchSpec,
     Observation,
@@ -609,6 +610,9 @@ def combine(files: Mapping[str, Any], job: tuple[str, str | None] | None,
         code = 0 if state == WorkerState.SUCCEEDED else None
         return SlurmObservation(state, exit_code=code, reason=reason, scheduler_state=word,
                                 **base)  # type: ignore[arg-type]
+    if "nodir" in files and not job_id:
+        # Worker dirs are made before sbatch: this one was never submitted.
+        return SlurmObservation(WorkerState.LOST, reason=NEVER_STARTED, **base)  # type: ignore[arg-type]
     if slurm_error is not None or not job_id:
         why = slurm_error or "no Slurm job id recorded"
         return SlurmObservation(WorkerState.UNKNOWN, reason=f"Slurm: {why}", **base)  # type: ignore[arg-type]

@@ -73,6 +73,12 @@ class WorkerState(str, enum.Enum):
 TERMINAL = frozenset({WorkerState.SUCCEEDED, WorkerState.FAILED, WorkerState.KILLED,
                       WorkerState.STOPPED, WorkerState.LOST})
 
+# Why a worker whose directory does not exist is lost: nothing ever ran there, or the directory
+# was deleted. A launch records its workers before it starts them; while it runs, status shows
+# such a worker as pending instead (api._observe_manifest).
+NEVER_STARTED = ("its worker directory is missing (the launch was interrupted before it, or "
+                 "the directory was deleted)")
+
 
 @dataclass(frozen=True)
 class LaunchSpec:
@@ -188,13 +194,16 @@ wt_now() {
 wt_status() {
   d=$1
   echo "@ $2"
-  if [ -f "$d/pid" ]; then read -r p rest < "$d/pid"; echo "pid $p $rest"; wt_now "$p"; fi
-  if [ -f "$d/exit" ]; then read -r e < "$d/exit"; echo "exit $e"; fi
-  if [ -e "$d/stop" ]; then echo "stop"; fi
+  [ -d "$d" ] || echo "nodir"
+  # The spawned wrapper's liveness first: once it is seen dead, the pid and exit files read
+  # next are final (read after them, a quick worker could finish in between and look lost).
   if [ -f "$d/spawn" ]; then
     read -r s < "$d/spawn"
     if kill -0 "$s" 2>/dev/null; then echo "spawn $s 1"; else echo "spawn $s 0"; fi
   fi
+  if [ -f "$d/pid" ]; then read -r p rest < "$d/pid"; echo "pid $p $rest"; wt_now "$p"; fi
+  if [ -f "$d/exit" ]; then read -r e < "$d/exit"; echo "exit $e"; fi
+  if [ -e "$d/stop" ]; then echo "stop"; fi
   if [ -f "$d/out/progress.json" ]; then
     pj=
     while IFS= read -r l || [ -n "$l" ]; do pj="$pj$l"; done < "$d/out/progress.json"
@@ -297,6 +306,8 @@ def derive_state(files: Mapping[str, Any], boot: str, now: float | None) -> Obse
             "host rebooted since the worker started" if not same_boot else
             "wrapper process is gone without an exit record (killed, or its pid reused)")
         return Observation(state, pid, None, None, started, None, progress, now, reason)
+    if "nodir" in files:
+        return Observation(WorkerState.LOST, host_time=now, reason=NEVER_STARTED)
     spawn = files.get("spawn")
     if spawn and spawn[1] == "0":
         if stopped:

@@ -83,17 +83,22 @@ def prepare_worktrees(config: Config, branches: Sequence[BranchConfig], *, force
     existing = {_real(w.path): w for w in list_worktrees(repo)}
     heads = local_branches(repo)
     plans: list[tuple[BranchConfig, Path, bool, bool]] = []
+    # Registered worktrees whose directory was deleted by hand: made again in place.
+    readd: set[str] = set()
     for b in branches:
         path = worktree_path(config, b.name)
         info = existing.get(_real(path))
-        if info is not None:
+        if info is not None and not (info.prunable and not path.exists()):
             _check_reusable(repo, info, b, force)
             plans.append((b, path, False, False))
             continue
-        if path.exists() or path.is_symlink():
+        if info is not None:
+            readd.add(b.name)
+        elif path.exists() or path.is_symlink():
             raise GitError(f"{path} exists but is not a git worktree",
                            "move it away, or run `git worktree prune` if it was one")
-        holder = next((w for w in existing.values() if w.branch == b.branch), None)
+        holder = next((w for w in existing.values() if w.branch == b.branch and w is not info),
+                      None)
         if holder is not None:
             raise GitError(
                 f"branch '{b.branch}' is already checked out at {holder.path}",
@@ -114,7 +119,7 @@ def prepare_worktrees(config: Config, branches: Sequence[BranchConfig], *, force
     prepared = []
     for b, path, made, bcreated in plans:
         if made:
-            _add_worktree(repo, config, b, path, bcreated)
+            _add_worktree(repo, config, b, path, bcreated, b.name in readd)
         if link_shared:
             link_shared_paths(config, path)
         prepared.append(PreparedWorktree(b.name, b.branch, path, "", made, bcreated))
@@ -156,13 +161,16 @@ def _check_base(repo: git.Repo, config: Config) -> None:
 
 
 def _add_worktree(repo: git.Repo, config: Config, b: BranchConfig, path: Path,
-                  create_branch: bool) -> None:
+                  create_branch: bool, readd: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    # --force only for a path git still registers after its directory was deleted; the
+    # other checks git would skip with it (branch held elsewhere) were done above.
+    force = ["--force"] if readd else []
     try:
         if create_branch:
-            repo.git.worktree("add", "-b", b.branch, "--", str(path), config.base)
+            repo.git.worktree("add", *force, "-b", b.branch, "--", str(path), config.base)
         else:
-            repo.git.worktree("add", "--", str(path), b.branch)
+            repo.git.worktree("add", *force, "--", str(path), b.branch)
     except git.GitCommandError as exc:
         detail = (exc.stderr or "").strip().splitlines()
         raise GitError(f"git worktree add for '{b.branch}' failed: "

@@ -5,8 +5,9 @@ interrupted transfers that resume, and a lost host checksum cache that costs no 
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from tests.collect.helpers import latest_run, make_training_repo, tree, wt
 from tests.collect.test_collect import _Tamper
 from tests.servers.fixtures import sshd_server  # noqa: F401
 from tests.servers.sshd import SSHServer
+from worktree_runner import collect as collect_module
 from worktree_runner import ssh as wt_ssh
 from worktree_runner.collect import CollectObserver, collect
 from worktree_runner.config import load_config
@@ -118,31 +120,26 @@ def test_ssh_interrupted_rsync_resumes(tmp_path: Path, sshd_server: SSHServer,  
     assert w.transferred_files == len(remote) - len(complete)
 
 
-class _CorruptStaged(CollectObserver):
-    """Flips a byte of a staged copy each time it is complete, keeping its size and mtime:
-    what corruption in transit, or a bug in writing the copy, looks like."""
+class _FlipInTransit:
+    """Wraps the stream transport's receiver so that one byte in the middle of `name`
+    arrives flipped: what corruption in transit looks like. The damaged bytes are on disk
+    before anything reads them back, so the check it exercises is deterministic."""
 
-    def __init__(self, staged: Path, size: int) -> None:
-        self.staged = staged
-        self.size = size
-        self.done: set[tuple[int, int]] = set()  # copies already damaged (inode, ctime)
+    def __init__(self, receive: Any, name: str) -> None:
+        self.receive = receive
+        self.name = name
+        self.times = 0
 
-    @property
-    def times(self) -> int:
-        return len(self.done)
-
-    def file_done(self) -> None:
-        if not self.staged.is_file():
-            return
-        st = self.staged.stat()
-        if st.st_size != self.size or (st.st_ino, st.st_ctime_ns) in self.done:
-            return
-        data = bytearray(self.staged.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        self.staged.write_bytes(bytes(data))
-        os.utime(self.staged, ns=(st.st_atime_ns, st.st_mtime_ns))
-        after = self.staged.stat()
-        self.done.add((after.st_ino, after.st_ctime_ns))
+    def __call__(self, stream: Any, target: Path, offset: int, length: int, *rest: Any) -> None:
+        if target.name != self.name or length < 2:
+            return self.receive(stream, target, offset, length, *rest)
+        self.times += 1
+        half = length // 2
+        self.receive(stream, target, offset, half, *rest)
+        byte = bytearray(stream.read(1))
+        byte[0] ^= 0xFF
+        self.receive(io.BytesIO(bytes(byte)), target, offset + half, 1, *rest)
+        return self.receive(stream, target, offset + half + 1, length - half - 1, *rest)
 
 
 def test_ssh_stream_corrupted_copy_is_caught_and_never_placed(
@@ -150,18 +147,18 @@ def test_ssh_stream_corrupted_copy_is_caught_and_never_placed(
         monkeypatch: pytest.MonkeyPatch) -> None:
     cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch, ckpt_kib=2048)
     rec = RunStore(cfg.parent / ".wt-run").load(run).workers["a"]
-    size = (Path(rec.out) / "checkpoints" / "last.pt").stat().st_size
     dest = tmp_path / "repo" / "results" / run / "a"
-    corrupt = _CorruptStaged(dest / ".collect" / "incoming" / "worker" / "out" / "checkpoints"
-                             / "last.pt", size)
-    report = collect(load_config(cfg), run=run, transport="stream", observer=corrupt)
+    flip = _FlipInTransit(collect_module._receive, "last.pt")
+    monkeypatch.setattr(collect_module, "_receive", flip)
+    report = collect(load_config(cfg), run=run, transport="stream")
     w = report.workers[0]
-    assert corrupt.times == 2  # the first attempt and its retry
+    assert flip.times == 2  # the first attempt and its retry
     assert not w.ok and not w.marked and w.transport == "stream"
     assert any("checksum mismatch" in e and "last.pt" in e for e in w.errors)
     assert not (dest / "out" / "checkpoints" / "last.pt").exists()
     assert (dest / "log").exists()  # the other files were fine
 
+    monkeypatch.setattr(collect_module, "_receive", flip.receive)
     wt_ssh.close_all()
     report = collect(load_config(cfg), run=run)
     assert report.ok and report.workers[0].marked

@@ -15,6 +15,7 @@ import numpy as np
 # The base rig: cameras spread in azimuth at two elevations, all looking at the origin.
 _BASE_AZIMUTH_DEG = (45.0, 135.0, 225.0, 315.0, 0.0, 90.0, 180.0, 270.0)
 _BASE_ELEVATION_DEG = (20.0, 35.0, 20.0, 35.0, 50.0, 10.0, 50.0, 10.0)
+MAX_CAMERAS = len(_BASE_AZIMUTH_DEG)
 DISTANCE = 4.0
 FOV_DEG = 50.0
 
@@ -27,7 +28,8 @@ class CameraSet:
     extrinsics: np.ndarray
 
 
-def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cross product over the last axis."""
     # np.cross spends most of its time in axis bookkeeping for these tiny arrays.
     ax, ay, az = a[..., 0], a[..., 1], a[..., 2]
     bx, by, bz = b[..., 0], b[..., 1], b[..., 2]
@@ -39,9 +41,9 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
     eye, target, up = np.broadcast_arrays(eye, target, up)
     forward = target - eye
     forward = forward / np.sqrt((forward**2).sum(-1, keepdims=True))
-    right = _cross(forward, up)
+    right = cross(forward, up)
     right = right / np.sqrt((right**2).sum(-1, keepdims=True))
-    down = _cross(forward, right)
+    down = cross(forward, right)
     rot = np.stack([right, down, forward], axis=-2)
     trans = -(rot * eye[..., None, :]).sum(-1)
     return np.concatenate([rot, trans[..., None]], axis=-1)
@@ -62,11 +64,12 @@ def base_focal(size: int) -> float:
     return (size / 2.0) / np.tan(np.deg2rad(FOV_DEG) / 2.0)
 
 
-def sample_camera_jitter(rng: np.random.Generator, cameras: int) -> np.ndarray:
-    """The random part of a sample's rig: ``(cameras, 4)`` values in [-1, 1]."""
-    if not 1 <= cameras <= len(_BASE_AZIMUTH_DEG):
-        raise ValueError(f"cameras must be in 1..{len(_BASE_AZIMUTH_DEG)}, got {cameras}")
-    return rng.uniform(-1.0, 1.0, size=(cameras, 4))
+def jitter_from_uniforms(uniforms: np.ndarray, cameras: int) -> np.ndarray:
+    """The random part of each sample's rig: uniforms ``(n, >= 4 * cameras)`` in [0, 1)
+    -> ``(n, cameras, 4)`` values in [-1, 1)."""
+    if not 1 <= cameras <= MAX_CAMERAS:
+        raise ValueError(f"cameras must be in 1..{MAX_CAMERAS}, got {cameras}")
+    return 2.0 * uniforms[:, : 4 * cameras].reshape(-1, cameras, 4) - 1.0
 
 
 def rig_from_jitter(jitter: np.ndarray, size: int) -> CameraSet:
@@ -82,11 +85,6 @@ def rig_from_jitter(jitter: np.ndarray, size: int) -> CameraSet:
     extrinsics = look_at(eye, np.zeros(3), np.array([0.0, 0.0, 1.0]))
     intrinsics = intrinsics_matrix(base_focal(size) * (1.0 + 0.05 * jitter[..., 3]), size)
     return CameraSet(intrinsics.astype(np.float32), extrinsics.astype(np.float32))
-
-
-def sample_cameras(rng: np.random.Generator, cameras: int, size: int) -> CameraSet:
-    """One sample's ``cameras`` jittered poses of the base rig."""
-    return rig_from_jitter(sample_camera_jitter(rng, cameras), size)
 
 
 def project(

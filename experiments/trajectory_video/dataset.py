@@ -39,7 +39,9 @@ import numpy as np
 
 from experiments.trajectory_video.config import DataConfig
 
-FORMAT = "trajectory-video/1"
+# Bumped whenever the same settings would give other bytes (2: Philox per-sample blocks
+# instead of one SeedSequence per sample), so a run never resumes another version's shards.
+FORMAT = "trajectory-video/2"
 ARRAYS = ("video", "positions", "labels", "intrinsics", "extrinsics", "colours")
 GENERATE_HINT = "python -m experiments.trajectory_video.generate --out {dir}"
 
@@ -62,6 +64,12 @@ def settings_dict(cfg: DataConfig) -> dict[str, Any]:
     return {"format": FORMAT, **asdict(cfg)}
 
 
+def read_format(root: Path) -> str | None:
+    """The generator format a dataset directory was started with (None: no dataset.json)."""
+    path = root / "dataset.json"
+    return str(json.loads(path.read_text()).get("format")) if path.is_file() else None
+
+
 def read_settings(root: Path) -> DataConfig | None:
     path = root / "dataset.json"
     if not path.is_file():
@@ -71,7 +79,38 @@ def read_settings(root: Path) -> DataConfig | None:
     return DataConfig(**raw)
 
 
-def write_shard(root: Path, index: int, start: int, arrays: Mapping[str, np.ndarray]) -> None:
+@dataclass(frozen=True)
+class StreamedArray:
+    """An array written chunk by chunk, never whole in memory: its ``shape`` and ``dtype``
+    and an iterable of its consecutive slices along axis 0 (each may reuse one buffer)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: Iterable[np.ndarray]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+def save_streamed(path: Path, array: StreamedArray) -> None:
+    """Write ``array`` as the same ``.npy`` bytes ``np.save`` would write for it whole."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(array.dtype)),
+              "fortran_order": False, "shape": tuple(array.shape)}
+    rows = 0
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        for chunk in array.chunks:
+            if chunk.shape[1:] != array.shape[1:] or chunk.dtype != array.dtype:
+                raise ValueError(f"{path.name}: chunk {chunk.dtype} {chunk.shape} does not "
+                                 f"fit {array.dtype} {array.shape}")
+            handle.write(np.ascontiguousarray(chunk).data)
+            rows += len(chunk)
+    if rows != array.shape[0]:
+        raise ValueError(f"{path.name}: chunks hold {rows} rows, expected {array.shape[0]}")
+
+
+def write_shard(root: Path, index: int, start: int,
+                arrays: Mapping[str, np.ndarray | StreamedArray]) -> None:
     """Write one shard into a private tmp dir, then publish it with one atomic rename."""
     shards = root / "shards"
     final = shards / shard_name(index)
@@ -82,7 +121,11 @@ def write_shard(root: Path, index: int, start: int, arrays: Mapping[str, np.ndar
     sizes = {}
     for name in ARRAYS:
         path = tmp / f"{name}.npy"
-        np.save(path, arrays[name])
+        array = arrays[name]
+        if isinstance(array, StreamedArray):
+            save_streamed(path, array)
+        else:
+            np.save(path, array)
         sizes[name] = path.stat().st_size
     meta = {"shard": index, "start": start, "count": len(arrays["labels"]), "sizes": sizes}
     write_json_atomic(tmp / "meta.json", meta)

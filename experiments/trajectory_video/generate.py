@@ -1,9 +1,11 @@
 """Dataset generation: deterministic samples, sharded parallel writes, resume, statistics.
 
-Sample ``i`` depends only on the root seed and ``i`` (``SeedSequence(seed, spawn_key=(i,))``)
-and a shard is rendered as one batch whatever process renders it, so the dataset is
-bit-for-bit the same for any worker count. Work is split by shard; complete shards are
-skipped on a rerun, so an interrupted run resumes where it stopped.
+Sample ``i`` depends only on the root seed and ``i``: its random numbers are its own
+fixed block of a counter-based (Philox) stream keyed by the seed, and every later step is
+elementwise per sample, so the dataset is bit-for-bit the same for any worker count, shard
+size or task split, and any range of samples can be drawn in one vectorised call. Work is
+split by shard; complete shards are skipped on a rerun, so an interrupted run resumes
+where it stopped.
 
 Several processes may fill one directory at once (each shard is written under its own
 lock). With ``--task-index I --task-count N`` (default: ``$WT_RUN_TASK_INDEX`` and
@@ -26,7 +28,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -42,7 +44,10 @@ from experiments.trajectory_video.config import (
     load_yaml,
 )
 from experiments.trajectory_video.dataset import (
+    FORMAT,
     DatasetError,
+    StreamedArray,
+    read_format,
     read_settings,
     remove_shard_tmp,
     remove_stale_tmp,
@@ -55,14 +60,26 @@ from experiments.trajectory_video.dataset import (
 )
 from experiments.trajectory_video.progress import Progress
 
-# Render this many samples at a time inside a shard: bounds the float/index temporaries.
-RENDER_CHUNK = 64
+# Render about this many bytes of video at a time: the chunk stays cache-resident from
+# zeroing through drawing to its copy into the file, and bounds the float/index temporaries.
+RENDER_CHUNK_BYTES = 2 << 20
+MAX_RENDER_CHUNK = 64
+# Splat geometry (float and index temporaries, ~100 bytes per drawn pixel) is computed for
+# this many samples at a time.
+SPLAT_BATCH = 128
 # --workers auto runs sequentially below this much estimated work (process start-up and
 # imports cost a few hundred ms per worker).
 AUTO_PARALLEL_MIN_SECONDS = 2.0
 ASSUMED_BYTES_PER_SECOND = 1.0e9  # conservative single-core render+write rate
 TASK_INDEX_ENV = "WT_RUN_TASK_INDEX"
 TASK_COUNT_ENV = "WT_RUN_TASK_COUNT"
+# Random words per sample (a fixed block, so sample i's words start at i * WORDS_PER_SAMPLE):
+# trajectory parameters, then 4 jitter values per camera (up to 8), then the colour.
+WORDS_PER_SAMPLE = 64
+PHILOX_WORDS = 4  # 64-bit outputs per Philox4x64 counter step
+_TRAJECTORY_WORDS = slice(0, trajectories.PARAMETER_WORDS)
+_CAMERA_WORDS = slice(_TRAJECTORY_WORDS.stop, _TRAJECTORY_WORDS.stop + 4 * cameras.MAX_CAMERAS)
+_COLOUR_WORDS = slice(_CAMERA_WORDS.stop, _CAMERA_WORDS.stop + 3)
 
 
 @dataclass(frozen=True)
@@ -83,67 +100,94 @@ class TaskSlice:
         return shard % self.count == self.index
 
 
-def sample_rng(seed: int, index: int) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(index,))))
+def sample_uniforms(seed: int, start: int, stop: int) -> np.ndarray:
+    """Uniforms in [0, 1) of samples ``start..stop``, one row of ``WORDS_PER_SAMPLE`` each.
+
+    Sample ``i`` owns words ``[i * K, (i + 1) * K)`` of one Philox4x64 counter-based stream
+    keyed by the seed, so any range is a single contiguous draw that starts by setting the
+    counter, and is the same words whatever range it is drawn in. Raw 64-bit outputs keep
+    the stream independent of numpy's distribution code; the top 53 bits make the double.
+    """
+    key = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64)
+    philox = np.random.Philox(key=key, counter=start * (WORDS_PER_SAMPLE // PHILOX_WORDS))
+    raw = philox.random_raw((stop - start) * WORDS_PER_SAMPLE)
+    uniforms = (raw >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return uniforms.reshape(stop - start, WORDS_PER_SAMPLE)
 
 
-def sample_draws(cfg: DataConfig, index: int) -> dict[str, np.ndarray | int]:
-    """The random draws of sample ``index``: trajectory, camera jitter, colour."""
-    rng = sample_rng(cfg.seed, index)
-    label = trajectories.label_for_index(index)
+def sample_params(cfg: DataConfig, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Everything about samples ``start..stop`` except pixels, vectorised over samples;
+    every value is elementwise in its sample's uniforms, so identical in any batch."""
+    uniforms = sample_uniforms(cfg.seed, start, stop)
+    labels = trajectories.label_for_index(np.arange(start, stop, dtype=np.int64))
+    jitter = cameras.jitter_from_uniforms(uniforms[:, _CAMERA_WORDS], cfg.cameras)
+    rig = cameras.rig_from_jitter(jitter, cfg.size)
     return {
-        "positions": trajectories.sample_trajectory(rng, label, cfg.frames),
-        "labels": label,
-        "jitter": cameras.sample_camera_jitter(rng, cfg.cameras),
-        "colours": rng.uniform(0.4, 1.0, size=cfg.channels).astype(np.float32),
+        "positions": trajectories.sample_trajectories(uniforms[:, _TRAJECTORY_WORDS], labels,
+                                                      cfg.frames),
+        "labels": labels,
+        "intrinsics": rig.intrinsics,
+        "extrinsics": rig.extrinsics,
+        "colours": _between(uniforms[:, _COLOUR_WORDS][:, : cfg.channels], 0.4, 1.0)
+        .astype(np.float32),
     }
 
 
-def shard_params(cfg: DataConfig, start: int, stop: int) -> dict[str, np.ndarray]:
-    """Everything about samples ``start..stop`` except pixels; camera geometry is computed
-    for all of them at once (elementwise, so identical to one at a time)."""
-    draws = [sample_draws(cfg, i) for i in range(start, stop)]
-    arrays = {name: np.stack([np.asarray(d[name]) for d in draws]) for name in draws[0]}
-    rig = cameras.rig_from_jitter(arrays.pop("jitter"), cfg.size)
-    arrays["labels"] = arrays["labels"].astype(np.int64)
-    arrays["intrinsics"], arrays["extrinsics"] = rig.intrinsics, rig.extrinsics
+def _between(u: np.ndarray, low: float, high: float) -> np.ndarray:
+    return low + (high - low) * u
+
+
+def render_chunk(cfg: DataConfig) -> int:
+    """Samples rendered per call: a chunk of about ``RENDER_CHUNK_BYTES``, small enough to
+    stay in cache while it is zeroed, drawn into and copied to its file."""
+    return max(1, min(MAX_RENDER_CHUNK, RENDER_CHUNK_BYTES // cfg.bytes_per_sample))
+
+
+def video_chunks(cfg: DataConfig, params: Mapping[str, np.ndarray]) -> Iterator[np.ndarray]:
+    """The videos of ``params``' samples, a chunk at a time, in one reused buffer: each
+    chunk is valid only until the next one is requested. The splat geometry is computed
+    for up to ``SPLAT_BATCH`` samples at once; only zeroing and drawing go chunk by chunk."""
+    n = len(params["labels"])
+    chunk = min(n, render_chunk(cfg))
+    group = chunk * max(1, SPLAT_BATCH // chunk)
+    buffer = np.zeros((chunk, cfg.cameras, cfg.frames, cfg.channels, cfg.size, cfg.size),
+                      dtype=np.uint8)
+    for g in range(0, n, group):
+        h = min(n, g + group)
+        drawn = render.splats(params["positions"][g:h, : cfg.frames], params["intrinsics"][g:h],
+                              params["extrinsics"][g:h], params["colours"][g:h], cfg.size)
+        for a in range(0, h - g, chunk):
+            view = buffer[: min(chunk, h - g - a)]
+            # Re-zeroing the whole cache-resident chunk is cheaper than scattering zeros back.
+            view.fill(0)
+            yield drawn.draw(view, a)
+
+
+def shard_range(cfg: DataConfig, index: int) -> tuple[int, int]:
+    start = index * cfg.shard_size
+    return start, min(cfg.samples, start + cfg.shard_size)
+
+
+def shard_arrays(cfg: DataConfig, index: int) -> dict[str, np.ndarray | StreamedArray]:
+    """Shard ``index`` ready for ``write_shard``: the video is rendered while it is written."""
+    start, stop = shard_range(cfg, index)
+    arrays: dict[str, np.ndarray | StreamedArray] = dict(sample_params(cfg, start, stop))
+    shape = (stop - start, cfg.cameras, cfg.frames, cfg.channels, cfg.size, cfg.size)
+    arrays["video"] = StreamedArray(shape, np.dtype(np.uint8), video_chunks(cfg, arrays))
     return arrays
 
 
-_BUFFERS: dict[tuple[int, ...], np.ndarray] = {}
-
-
-def _zeroed_buffer(shape: tuple[int, ...]) -> np.ndarray:
-    """A per-process reusable video buffer: fresh memory would page-fault on every shard."""
-    buffer = _BUFFERS.get(shape)
-    if buffer is None:
-        _BUFFERS.clear()
-        buffer = _BUFFERS[shape] = np.zeros(shape, dtype=np.uint8)
-    return buffer
+def render_samples(cfg: DataConfig, start: int, stop: int) -> dict[str, np.ndarray]:
+    """All arrays of samples ``start..stop`` in memory, video included (any range: a
+    sample does not depend on which shard or batch it is rendered in)."""
+    arrays = sample_params(cfg, start, stop)
+    arrays["video"] = np.concatenate([c.copy() for c in video_chunks(cfg, arrays)])
+    return arrays
 
 
 def render_shard(cfg: DataConfig, index: int) -> dict[str, np.ndarray]:
-    """All arrays of shard ``index``. The video is a per-process buffer reused by the next
-    call: copy it to keep it."""
-    start = index * cfg.shard_size
-    stop = min(cfg.samples, start + cfg.shard_size)
-    arrays = shard_params(cfg, start, stop)
-    n = stop - start
-    shape = (n, cfg.cameras, cfg.frames, cfg.channels, cfg.size, cfg.size)
-    video = _zeroed_buffer(shape)
-    video.fill(0)  # cheap on already-mapped pages, and makes a stale buffer harmless
-    for a in range(0, n, RENDER_CHUNK):
-        b = min(n, a + RENDER_CHUNK)
-        render.render_batch(
-            arrays["positions"][a:b, : cfg.frames],
-            arrays["intrinsics"][a:b],
-            arrays["extrinsics"][a:b],
-            arrays["colours"][a:b],
-            cfg.size,
-            out=video[a:b],
-        )
-    arrays["video"] = video
-    return arrays
+    """All arrays of shard ``index`` in memory, video included."""
+    return render_samples(cfg, *shard_range(cfg, index))
 
 
 def generate_shard(cfg: DataConfig, root: str, index: int) -> int:
@@ -156,7 +200,7 @@ def generate_shard(cfg: DataConfig, root: str, index: int) -> int:
         remove_shard_tmp(path, index)
         # A torn published shard (e.g. truncated by a full disk) would block the rename.
         shutil.rmtree(path / "shards" / shard_name(index), ignore_errors=True)
-        arrays = render_shard(cfg, index)
+        arrays = shard_arrays(cfg, index)
         write_shard(path, index, index * cfg.shard_size, arrays)
     return len(arrays["labels"])
 
@@ -257,7 +301,16 @@ def prepare_dir(root: Path, cfg: DataConfig) -> bool:
         _publish_settings(root, cfg)
         return False
     _check_same_settings(root, existing, cfg)
-    return (root / "COMPLETE").is_file()
+    complete = (root / "COMPLETE").is_file()
+    started_with = read_format(root)
+    # A complete dataset of an older format is still a valid dataset (readers accept it),
+    # but finishing an incomplete one would mix two generators' samples.
+    if not complete and started_with != FORMAT:
+        raise DatasetError(
+            f"{root} is an incomplete dataset of format {started_with} and this generator "
+            f"writes {FORMAT}; delete it (or use another --out) and generate again"
+        )
+    return complete
 
 
 def render_pending(cfg: DataConfig, root: Path, pending: Mapping[int, int],

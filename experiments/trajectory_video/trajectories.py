@@ -1,81 +1,119 @@
-"""The four trajectory classes and their randomised parameters.
+"""The four trajectory classes and their randomised parameters, vectorised over samples.
 
 A trajectory is ``frames + 1`` 3D points sampled at normalised times ``s = k / frames``;
 the first ``frames`` points are rendered and the last one is the "next position" target.
 All classes live inside roughly the cube [-1, 1]^3 with world z pointing up.
+
+Each sample's parameters come from its own row of ``PARAMETER_WORDS`` uniforms in [0, 1)
+(see ``generate.sample_uniforms``); every value is computed elementwise from that row, so
+a sample's trajectory is the same whichever batch it is computed in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+
+from experiments.trajectory_video.cameras import cross
 
 CLASS_NAMES: tuple[str, ...] = ("linear", "circular", "helical", "parabolic")
 NUM_CLASSES = len(CLASS_NAMES)
+PARAMETER_WORDS = 16  # uniforms reserved per sample; the classes use 7 to 11 of them
 
 
-def label_for_index(index: int) -> int:
+def label_for_index(index: int | np.ndarray) -> int | np.ndarray:
     """Class of sample ``index``: round-robin, so any prefix of ``4k`` samples is balanced."""
     return index % NUM_CLASSES
 
 
-def _unit(rng: np.random.Generator) -> np.ndarray:
-    v = rng.normal(size=3)
-    return v / np.linalg.norm(v)
+def _between(u: np.ndarray, low: float, high: float) -> np.ndarray:
+    return low + (high - low) * u
 
 
-def _plane_basis(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two orthonormal vectors spanning the plane orthogonal to ``normal``."""
-    helper = np.array([1.0, 0.0, 0.0]) if abs(normal[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-    u = np.cross(normal, helper)
-    u /= np.linalg.norm(u)
-    return u, np.cross(normal, u)
+def _sign(u: np.ndarray) -> np.ndarray:
+    return np.where(u < 0.5, -1.0, 1.0)
 
 
-def linear(rng: np.random.Generator, s: np.ndarray) -> np.ndarray:
-    start = rng.uniform(-0.8, 0.8, size=3)
-    length = rng.uniform(0.8, 1.6)
-    end = np.clip(start + length * _unit(rng), -1.0, 1.0)
-    return start + (end - start) * s[:, None]
+def unit_vectors(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Directions uniform on the sphere from two uniforms each (``(n,)`` -> ``(n, 3)``):
+    z uniform in [-1, 1] and an independent uniform azimuth (Archimedes' theorem)."""
+    z = 2.0 * a - 1.0
+    phi = 2.0 * np.pi * b
+    r = np.sqrt(np.maximum(1.0 - z * z, 0.0))
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=-1)
 
 
-def circular(rng: np.random.Generator, s: np.ndarray) -> np.ndarray:
-    centre = rng.uniform(-0.3, 0.3, size=3)
-    radius = rng.uniform(0.3, 0.7)
-    u, w = _plane_basis(_unit(rng))
-    span = rng.uniform(1.2, 2.0) * np.pi * rng.choice([-1.0, 1.0])
-    angle = rng.uniform(0.0, 2 * np.pi) + span * s
-    return centre + radius * (np.cos(angle)[:, None] * u + np.sin(angle)[:, None] * w)
+def _normalise(v: np.ndarray) -> np.ndarray:
+    return v / np.sqrt((v * v).sum(-1, keepdims=True))
 
 
-def helical(rng: np.random.Generator, s: np.ndarray) -> np.ndarray:
-    centre = rng.uniform(-0.2, 0.2, size=3)
-    axis = _unit(rng)
-    radius = rng.uniform(0.25, 0.5)
-    turns = rng.uniform(1.5, 3.0) * rng.choice([-1.0, 1.0])
-    height = rng.uniform(0.6, 1.2)
-    u, w = _plane_basis(axis)
-    angle = rng.uniform(0.0, 2 * np.pi) + 2 * np.pi * turns * s
-    ring = np.cos(angle)[:, None] * u + np.sin(angle)[:, None] * w
-    return centre + radius * ring + height * (s - 0.5)[:, None] * axis
+def plane_basis(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two orthonormal vectors ``(n, 3)`` spanning the planes orthogonal to ``normal``."""
+    helper = np.where((np.abs(normal[:, 0]) < 0.9)[:, None],
+                      np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]))
+    u = _normalise(cross(normal, helper))
+    return u, cross(normal, u)
 
 
-def parabolic(rng: np.random.Generator, s: np.ndarray) -> np.ndarray:
-    gravity = rng.uniform(2.5, 4.0)
-    start = np.array([*rng.uniform(-0.7, 0.7, size=2), rng.uniform(-0.8, -0.4)])
-    heading = rng.uniform(0.0, 2 * np.pi)
-    speed = rng.uniform(0.6, 1.4)
+def _ring(angle: np.ndarray, u: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``cos(angle) u + sin(angle) w`` for angles ``(n, P)`` and vectors ``(n, 3)``."""
+    return np.cos(angle)[..., None] * u[:, None] + np.sin(angle)[..., None] * w[:, None]
+
+
+def linear(p: np.ndarray, s: np.ndarray) -> np.ndarray:
+    start = _between(p[:, 0:3], -0.8, 0.8)
+    length = _between(p[:, 3:4], 0.8, 1.6)
+    end = np.clip(start + length * unit_vectors(p[:, 4], p[:, 5]), -1.0, 1.0)
+    return start[:, None] + (end - start)[:, None] * s[:, None]
+
+
+def circular(p: np.ndarray, s: np.ndarray) -> np.ndarray:
+    centre = _between(p[:, 0:3], -0.3, 0.3)
+    radius = _between(p[:, 3], 0.3, 0.7)
+    u, w = plane_basis(unit_vectors(p[:, 4], p[:, 5]))
+    span = _between(p[:, 6], 1.2, 2.0) * np.pi * _sign(p[:, 7])
+    angle = _between(p[:, 8], 0.0, 2 * np.pi)[:, None] + span[:, None] * s
+    return centre[:, None] + radius[:, None, None] * _ring(angle, u, w)
+
+
+def helical(p: np.ndarray, s: np.ndarray) -> np.ndarray:
+    centre = _between(p[:, 0:3], -0.2, 0.2)
+    axis = unit_vectors(p[:, 3], p[:, 4])
+    radius = _between(p[:, 5], 0.25, 0.5)
+    turns = _between(p[:, 6], 1.5, 3.0) * _sign(p[:, 7])
+    height = _between(p[:, 8], 0.6, 1.2)
+    u, w = plane_basis(axis)
+    angle = _between(p[:, 9], 0.0, 2 * np.pi)[:, None] + 2 * np.pi * turns[:, None] * s
+    rise = (height[:, None] * (s - 0.5))[..., None] * axis[:, None]
+    return centre[:, None] + radius[:, None, None] * _ring(angle, u, w) + rise
+
+
+def parabolic(p: np.ndarray, s: np.ndarray) -> np.ndarray:
+    gravity = _between(p[:, 0], 2.5, 4.0)
+    start = np.stack([_between(p[:, 1], -0.7, 0.7), _between(p[:, 2], -0.7, 0.7),
+                      _between(p[:, 3], -0.8, -0.4)], axis=-1)
+    heading = _between(p[:, 4], 0.0, 2 * np.pi)
+    speed = _between(p[:, 5], 0.6, 1.4)
     # The apex falls inside the clip (s in [0.35, 0.65]) so the arc is always visible.
-    v_up = gravity * rng.uniform(0.35, 0.65)
-    velocity = np.array([speed * np.cos(heading), speed * np.sin(heading), v_up])
-    pos = start + velocity * s[:, None]
-    pos[:, 2] -= 0.5 * gravity * s**2
+    v_up = gravity * _between(p[:, 6], 0.35, 0.65)
+    velocity = np.stack([speed * np.cos(heading), speed * np.sin(heading), v_up], axis=-1)
+    pos = start[:, None] + velocity[:, None] * s[:, None]
+    pos[..., 2] -= 0.5 * gravity[:, None] * s**2
     return pos
 
 
-_GENERATORS = (linear, circular, helical, parabolic)
+_GENERATORS: tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], ...] = (
+    linear, circular, helical, parabolic)
 
 
-def sample_trajectory(rng: np.random.Generator, label: int, frames: int) -> np.ndarray:
-    """``(frames + 1, 3)`` float32 positions of one trajectory of class ``label``."""
+def sample_trajectories(params: np.ndarray, labels: np.ndarray, frames: int) -> np.ndarray:
+    """``(n, frames + 1, 3)`` float32 positions from uniforms ``params (n, PARAMETER_WORDS)``
+    and classes ``labels (n,)``; each class's rows are computed together."""
     s = np.arange(frames + 1, dtype=np.float64) / frames
-    return _GENERATORS[label](rng, s).astype(np.float32)
+    out = np.empty((len(labels), frames + 1, 3), dtype=np.float32)
+    for label, draw in enumerate(_GENERATORS):
+        rows = np.flatnonzero(labels == label)
+        if rows.size:
+            out[rows] = draw(params[rows], s)
+    return out

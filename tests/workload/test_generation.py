@@ -19,8 +19,10 @@ from experiments.trajectory_video import cameras, generate, render
 from experiments.trajectory_video.config import DataConfig
 from experiments.trajectory_video.dataset import (
     DatasetError,
+    StreamedArray,
     TrajectoryVideoData,
     read_settings,
+    save_streamed,
     shard_is_complete,
     shard_lock,
     shard_name,
@@ -80,6 +82,61 @@ def test_sample_depends_only_on_seed_and_index(tiny_data_config: DataConfig) -> 
         np.testing.assert_array_equal(a[name], b[name])
     other_seed = generate.render_shard(replace(tiny_data_config, seed=1), 1)
     assert not np.array_equal(a["positions"], other_seed["positions"])
+
+
+def all_arrays(root: Path) -> dict[str, np.ndarray]:
+    """Every per-sample array of a dataset, concatenated over its shards."""
+    data = TrajectoryVideoData(root)
+    arrays = {name: getattr(data, name) for name in
+              ("positions", "labels", "intrinsics", "extrinsics", "colours")}
+    return {**arrays, "video": data.gather_videos(np.arange(len(data)))}
+
+
+def test_any_sample_range_equals_slice_of_full_run(
+    tmp_path: Path, tiny_data_config: DataConfig, tiny_dataset: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    full = all_arrays(tiny_dataset)  # shard size 8
+    # Another shard size (5: shards straddle the first run's), splat geometry for 6
+    # samples at a time and drawing 3 at a time instead of a whole shard: the same
+    # samples, bit for bit.
+    monkeypatch.setattr(generate, "RENDER_CHUNK_BYTES", 3 * tiny_data_config.bytes_per_sample)
+    monkeypatch.setattr(generate, "SPLAT_BATCH", 7)
+    other = generate.generate(replace(tiny_data_config, shard_size=5), tmp_path / "k5",
+                              workers=0, quiet=True)
+    assert other["generated"] == tiny_data_config.samples
+    resharded = all_arrays(tmp_path / "k5")
+    for name, array in full.items():
+        np.testing.assert_array_equal(resharded[name], array, err_msg=name)
+    for start, stop in ((3, 17), (13, 14), (0, 24)):
+        alone = generate.render_samples(tiny_data_config, start, stop)
+        for name, array in full.items():
+            np.testing.assert_array_equal(alone[name], array[start:stop],
+                                          err_msg=f"{name} [{start}, {stop})")
+
+
+def test_sample_uniforms_are_fixed_blocks_of_one_stream() -> None:
+    whole = generate.sample_uniforms(0, 0, 10)
+    assert whole.shape == (10, generate.WORDS_PER_SAMPLE)
+    np.testing.assert_array_equal(generate.sample_uniforms(0, 5, 7), whole[5:7])
+    assert whole.min() >= 0.0 and whole.max() < 1.0
+    # Pinned: the stream is raw Philox4x64 words, so these never change with numpy's
+    # distribution code; a change here changes every dataset (bump dataset.FORMAT).
+    assert whole[5, :3].tolist() == [0.20901348199570535, 0.27838666996641415,
+                                     0.7781932643047036]
+    assert generate.sample_uniforms(7, 10**6, 10**6 + 1)[0, -1] == 0.6422909540321586
+    assert not np.array_equal(generate.sample_uniforms(1, 0, 10), whole)
+
+
+def test_streamed_array_file_is_byte_identical_to_np_save(tmp_path: Path) -> None:
+    array = np.arange(7 * 3 * 5, dtype=np.uint8).reshape(7, 3, 5)
+    np.save(tmp_path / "whole.npy", array)
+    chunks = (array[a : a + 3] for a in range(0, 7, 3))
+    save_streamed(tmp_path / "streamed.npy", StreamedArray(array.shape, array.dtype, chunks))
+    assert (tmp_path / "streamed.npy").read_bytes() == (tmp_path / "whole.npy").read_bytes()
+    with pytest.raises(ValueError, match="chunks hold 6 rows, expected 7"):
+        save_streamed(tmp_path / "short.npy", StreamedArray(array.shape, array.dtype,
+                                                            [array[:3], array[3:6]]))
 
 
 def test_render_is_batch_independent(tiny_data_config: DataConfig) -> None:
@@ -292,6 +349,22 @@ def test_prepare_dir_accepts_empty_linked_dir_and_rejects_others(
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(DatasetError, match="not a dataset"):
         generate.prepare_dir(foreign, tiny_data_config)
+
+
+def test_incomplete_dataset_of_another_format_is_refused(
+    tmp_path: Path, tiny_data_config: DataConfig, tiny_dataset: Path
+) -> None:
+    root = tmp_path / "old"
+    shutil.copytree(tiny_dataset, root)
+    settings = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**settings, "format": "trajectory-video/1"}))
+    # Complete: still a dataset (nothing is rendered, so nothing is mixed).
+    assert generate.generate(tiny_data_config, root, quiet=True)["status"] == "already complete"
+    (root / "COMPLETE").unlink()
+    shutil.rmtree(root / "shards" / shard_name(1))
+    with pytest.raises(DatasetError, match=r"format trajectory-video/1 .* delete it"):
+        generate.generate(tiny_data_config, root, quiet=True)
+    assert not shard_is_complete(root, 1)
 
 
 def test_run_waits_for_a_shard_another_process_holds(tmp_path: Path, tiny_dataset: Path) -> None:

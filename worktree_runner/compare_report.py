@@ -303,6 +303,9 @@ def make_plots(cmp: Comparison) -> dict[str, bytes]:
         pngs[name] = buf.getvalue()
 
     curve_metrics = [m for m in cmp.metrics if any(m in b.curves for b in cmp.branches)]
+    # Quality curves first (accuracy/F1, then losses), bookkeeping ones (throughput…) last.
+    curve_metrics.sort(key=lambda m: (0 if ("acc" in m or "f1" in m) else
+                                      1 if ("loss" in m or "mse" in m) else 2))
     for m in curve_metrics[:MAX_PLOTTED_METRICS]:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for b in cmp.branches:

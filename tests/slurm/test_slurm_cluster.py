@@ -122,8 +122,17 @@ def test_usr1_checkpoint(cluster: SlurmCluster, tmp_path: Path, requeue: bool) -
         return
     # Requeued: Slurm holds it for the credential lifetime (BeginTime; 10 s in the test
     # cluster, 120 s by default); it must never read as ended meanwhile.
-    ws = wt.wait(lambda ws: ws["train"]["scheduler_state"] == "PENDING")
-    assert ws["train"]["state"] == "pending" and ws["train"]["reason"] == "BeginTime"
+    seen: list[str] = []
+
+    def held(ws: dict) -> bool:
+        seen.append(ws["train"]["state"])
+        # Right after the requeue Slurm may say PENDING with no reason yet; then BeginTime.
+        return (ws["train"]["scheduler_state"] == "PENDING"
+                and ws["train"]["reason"] == "BeginTime")
+
+    ws = wt.wait(held)
+    assert ws["train"]["state"] == "pending"
+    assert not {"succeeded", "failed", "killed", "lost", "stopped"} & set(seen), seen
     ws = wt.wait_states({"train": "succeeded"}, timeout=180)
     log = wt("logs", "train", "-n", "100")
     assert "checkpoint saved on USR1" in log

@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,7 +18,7 @@ from .config import BranchConfig, Config
 from .errors import HostUnreachable, WtRunError
 from .hosts import open_host
 from .layout import host_layout
-from .runs import RunManifest, RunStore, WorkerRecord
+from .runs import RunManifest, RunStore, WorkerRecord, group_by_host
 from .templates import render_command
 from .workers import (
     NEVER_STARTED,
@@ -150,25 +150,31 @@ def assign_hosts(config: Config, branches: Sequence[BranchConfig],
     return placement
 
 
-def _busy_gpus(config: Config, store: RunStore, host: str, exclude_run: str,
-               exclude: set[str]) -> set[str]:
-    """GPUs held by live workers of any run on `host` (cached-terminal records skipped)."""
+def _still_live(config: Config, records: Iterable[WorkerRecord]) -> list[WorkerRecord]:
+    """Those of the records whose worker is not in a terminal state now (pending, running or
+    unknown); one round trip per host, and none for records already cached terminal."""
+    by_host = group_by_host(r for r in records if r.state is None)
     live: list[WorkerRecord] = []
+    for host_name, recs in by_host.items():
+        _, observations = observe_host(config, host_name, recs)
+        live += [r for r, o in zip(recs, observations) if not o.state.terminal]
+    return live
+
+
+def _host_records(store: RunStore, host: str) -> Iterator[tuple[str, WorkerRecord]]:
+    """(run, record) for every worker of every run on `host`."""
     for run in store.list_runs():
         for rec in store.load(run).workers.values():
-            if rec.host != host or not rec.gpus or rec.state is not None:
-                continue
-            if run == exclude_run and rec.name in exclude:
-                continue
-            live.append(rec)
-    if not live:
-        return set()
-    _, observations = observe_host(config, host, live)
-    busy: set[str] = set()
-    for rec, obs in zip(live, observations):
-        if not obs.state.terminal:
-            busy.update(rec.gpus)
-    return busy
+            if rec.host == host:
+                yield run, rec
+
+
+def _busy_gpus(config: Config, store: RunStore, host: str, exclude_run: str,
+               exclude: set[str]) -> set[str]:
+    """GPUs held by live workers of any run on `host`."""
+    held = [rec for run, rec in _host_records(store, host)
+            if rec.gpus and not (run == exclude_run and rec.name in exclude)]
+    return {gpu for rec in _still_live(config, held) for gpu in rec.gpus}
 
 
 def assign_gpus(config: Config, store: RunStore, host: str, names: Sequence[str],
@@ -230,8 +236,8 @@ def observe_host(config: Config, host_name: str, records: Sequence[WorkerRecord]
 # ---------------------------------------------------------------- launch
 
 def launch(config: Config, names: Sequence[str], *, hosts: Sequence[str] = (),
-           run: str | None = None, force: bool = False, dry_run: bool = False,
-           kind: str = "train") -> LaunchReport:
+           run: str | None = None, force: bool = False, dry_run: bool = False
+           ) -> LaunchReport:
     if not names:
         raise WtRunError("no branches given", "pass --branches NAME... (names under branches:)")
     dupes = sorted({n for n in names if list(names).count(n) > 1})
@@ -241,11 +247,8 @@ def launch(config: Config, names: Sequence[str], *, hosts: Sequence[str] = (),
     placement = assign_hosts(config, branches, hosts)
     store = RunStore(config.state_dir)
     with store.locked():
-        run_id = store.resolve(run) if run else store.new_run_id()
-        if run and store.exists(run_id):
-            manifest = store.load(run_id)
-        else:
-            manifest = RunManifest(run_id, time.time(), str(config.path))
+        manifest = store.open_for_launch(run, str(config.path))
+        run_id = manifest.run
         _refuse_live(config, store, manifest, names, force, dry_run)
         by_host: dict[str, list[BranchConfig]] = {}
         for b in branches:
@@ -301,17 +304,7 @@ def _record_planned(store: RunStore, manifest: RunManifest, records: Sequence[Wo
 
 def _refuse_live(config: Config, store: RunStore, manifest: RunManifest, names: Sequence[str],
                  force: bool, dry_run: bool) -> None:
-    existing = [manifest.workers[n] for n in names if n in manifest.workers]
-    if not existing:
-        return
-    live: list[WorkerRecord] = []
-    by_host: dict[str, list[WorkerRecord]] = {}
-    for rec in existing:
-        if rec.state is None:
-            by_host.setdefault(rec.host, []).append(rec)
-    for host_name, recs in by_host.items():
-        _, observations = observe_host(config, host_name, recs)
-        live += [r for r, o in zip(recs, observations) if not o.state.terminal]
+    live = _still_live(config, (manifest.workers[n] for n in names if n in manifest.workers))
     if not live:
         return
     if not force:
@@ -321,7 +314,7 @@ def _refuse_live(config: Config, store: RunStore, manifest: RunManifest, names: 
             f"stop it with `wt-run stop {rec.name} --run {manifest.run}`, "
             "or pass --force to stop and relaunch it")
     if not dry_run:
-        stop(config, [r.name for r in live], run=manifest.run, _store=store, _locked=True)
+        stop(config, [r.name for r in live], run=manifest.run, _store=store)
 
 
 def _plan_host(config: Config, store: RunStore, manifest: RunManifest, host_name: str,
@@ -422,9 +415,8 @@ def generate(config: Config, *, host: str | None = None, run: str | None = None,
             "}", "}}") for a in extra_args)
     store = RunStore(config.state_dir)
     with store.locked():
-        run_id = store.resolve(run) if run else store.new_run_id()
-        manifest = (store.load(run_id) if run and store.exists(run_id)
-                    else RunManifest(run_id, time.time(), str(config.path)))
+        manifest = store.open_for_launch(run, str(config.path))
+        run_id = manifest.run
         _refuse_live(config, store, manifest, ["generate"], force, dry_run)
         if hc.type == "local":
             repo_path, commit, branch = _local_head(config)
@@ -477,9 +469,7 @@ def status(config: Config, run: str | None = None, *, store: RunStore | None = N
 
 def _observe_manifest(config: Config, store: RunStore, manifest: RunManifest) -> StatusReport:
     records = list(manifest.workers.values())
-    by_host: dict[str, list[WorkerRecord]] = {}
-    for rec in records:
-        by_host.setdefault(rec.host, []).append(rec)
+    by_host = group_by_host(records)
     host_names = list(by_host)
     results = parallel_map(lambda h: observe_host(config, h, by_host[h]), host_names)
     observed: dict[str, Observation] = {}
@@ -539,22 +529,12 @@ class StopOutcome:
 
 
 def stop(config: Config, names: Sequence[str], *, run: str | None = None, all_: bool = False,
-         _store: RunStore | None = None, _locked: bool = False) -> list[StopOutcome]:
+         _store: RunStore | None = None) -> list[StopOutcome]:
     store = _store or RunStore(config.state_dir)
     run_id = store.resolve(run)
     manifest = store.load(run_id)
-    if all_:
-        targets = list(manifest.workers.values())
-    else:
-        unknown = [n for n in names if n not in manifest.workers]
-        if unknown:
-            raise WtRunError(f"run {run_id} has no worker '{unknown[0]}'",
-                             f"pick one of: {', '.join(manifest.workers) or '(none)'}")
-        targets = [manifest.workers[n] for n in names]
-    by_host: dict[str, list[WorkerRecord]] = {}
-    for rec in targets:
-        if rec.state is None:
-            by_host.setdefault(rec.host, []).append(rec)
+    targets = manifest.select(() if all_ else names)
+    by_host = group_by_host(r for r in targets if r.state is None)
     outcomes = [StopOutcome(r.name, r.host, "done") for r in targets if r.state is not None]
 
     def stop_host(host_name: str) -> list[StopOutcome]:
@@ -587,10 +567,7 @@ def logs(config: Config, name: str, *, run: str | None = None, follow: bool = Fa
     store = RunStore(config.state_dir)
     run_id = store.resolve(run)
     manifest = store.load(run_id)
-    if name not in manifest.workers:
-        raise WtRunError(f"run {run_id} has no worker '{name}'",
-                         f"pick one of: {', '.join(manifest.workers) or '(none)'}")
-    rec = manifest.workers[name]
+    [rec] = manifest.select([name])
     hc = config.host(rec.host)
     if hc.type == "slurm":
         from .slurm import slurm_log_path
@@ -653,14 +630,7 @@ def _clean_worktrees(config: Config, store: RunStore, dry_run: bool, force: bool
 
 
 def _live_names(config: Config, store: RunStore, host: str) -> set[str]:
-    live: set[str] = set()
-    for run in store.list_runs():
-        recs = [r for r in store.load(run).workers.values()
-                if r.host == host and r.state is None]
-        if recs:
-            _, observations = observe_host(config, host, recs)
-            live.update(r.name for r, o in zip(recs, observations) if not o.state.terminal)
-    return live
+    return {rec.name for rec in _still_live(config, (r for _, r in _host_records(store, host)))}
 
 
 def clean_run(config: Config, run: str, *, dry_run: bool = False, force: bool = False
@@ -680,10 +650,7 @@ def clean_run(config: Config, run: str, *, dry_run: bool = False, force: bool = 
         raise WtRunError(f"run {run_id} has results not collected yet ({', '.join(uncollected)})",
                          f"run `wt-run collect --run {run_id}` first, or pass --force")
     actions: list[CleanAction] = []
-    by_host: dict[str, list[WorkerRecord]] = {}
-    for w in report.workers:
-        by_host.setdefault(w.record.host, []).append(w.record)
-    for host_name, recs in by_host.items():
+    for host_name, recs in group_by_host(w.record for w in report.workers).items():
         dirs = sorted({r.worker_dir.rsplit("/workers/", 1)[0] for r in recs})
         for d in dirs:
             actions.append(CleanAction("remove run files", f"{host_name}:{d}", not dry_run))

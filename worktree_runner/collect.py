@@ -62,7 +62,7 @@ from typing import IO, Any
 from .config import Config
 from .errors import HostUnreachable, WtRunError
 from .hosts import Host, LocalHost, open_host
-from .runs import RunStore, WorkerRecord, atomic_write_text
+from .runs import RunStore, WorkerRecord, atomic_write_text, group_by_host
 from .workers import Observation, WorkerState, query_workers
 
 CHUNK = 1 << 20
@@ -1121,15 +1121,9 @@ def collect(config: Config, *, run: str | None = None, dest: Path | None = None,
     store = RunStore(config.state_dir)
     run_id = store.resolve(run)
     manifest = store.load(run_id)
-    unknown = [n for n in names if n not in manifest.workers]
-    if unknown:
-        raise WtRunError(f"run {run_id} has no worker '{unknown[0]}'",
-                         f"pick one of: {', '.join(manifest.workers) or '(none)'}")
-    records = [manifest.workers[n] for n in (names or manifest.workers)]
+    records = manifest.select(names)
     root = (dest or config.repo / "results").expanduser().resolve() / run_id
-    by_host: dict[str, list[WorkerRecord]] = {}
-    for rec in records:
-        by_host.setdefault(rec.host, []).append(rec)
+    by_host = group_by_host(records)
 
     def one_host(host_name: str) -> list[WorkerCollect]:
         recs = by_host[host_name]

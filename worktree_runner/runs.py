@@ -9,7 +9,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,14 @@ class RunManifest:
     def with_worker(self, record: WorkerRecord) -> RunManifest:
         return replace(self, workers={**self.workers, record.name: record})
 
+    def select(self, names: Sequence[str]) -> list[WorkerRecord]:
+        """The named workers (all of them for no names); an unknown name is an error."""
+        unknown = [n for n in names if n not in self.workers]
+        if unknown:
+            raise WtRunError(f"run {self.run} has no worker '{unknown[0]}'",
+                             f"pick one of: {', '.join(self.workers) or '(none)'}")
+        return [self.workers[n] for n in (names or self.workers)]
+
     def to_json(self) -> dict[str, Any]:
         return {"version": MANIFEST_VERSION, "run": self.run, "created_at": self.created_at,
                 "config": self.config,
@@ -82,6 +90,14 @@ class RunManifest:
     def from_json(cls, raw: dict[str, Any]) -> RunManifest:
         return cls(run=raw["run"], created_at=raw["created_at"], config=raw.get("config", ""),
                    workers={n: WorkerRecord.from_json(w) for n, w in raw["workers"].items()})
+
+
+def group_by_host(records: Iterable[WorkerRecord]) -> dict[str, list[WorkerRecord]]:
+    """Records per host, in order: each host is handled in one round trip."""
+    by_host: dict[str, list[WorkerRecord]] = {}
+    for rec in records:
+        by_host.setdefault(rec.host, []).append(rec)
+    return by_host
 
 
 def atomic_write_text(path: Path, text: str, mode: int = 0o600) -> None:
@@ -199,6 +215,13 @@ class RunStore:
 
     def resolve(self, run: str | None) -> str:
         return self.latest() if run is None else check_run_id(run)
+
+    def open_for_launch(self, run: str | None, config_path: str) -> RunManifest:
+        """The manifest a launch adds to: the given run (new or existing), else a new run."""
+        run_id = self.resolve(run) if run else self.new_run_id()
+        if run and self.exists(run_id):
+            return self.load(run_id)
+        return RunManifest(run_id, time.time(), config_path)
 
     def list_runs(self) -> list[str]:
         if not self.runs_dir.is_dir():

@@ -246,27 +246,28 @@ def launch(config: Config, names: Sequence[str], *, hosts: Sequence[str] = (),
     branches = [config.branch(n) for n in names]
     placement = assign_hosts(config, branches, hosts)
     store = RunStore(config.state_dir)
-    with store.locked():
-        manifest = store.open_for_launch(run, str(config.path))
+    # The manifest lock is held only to read and write the manifest: status, stop, logs and
+    # collect go on while this launch syncs code and prepares worktrees on its hosts.
+    with store.launching(), store.planning():
+        with store.locked():
+            manifest = store.open_for_launch(run, str(config.path))
         run_id = manifest.run
         _refuse_live(config, store, manifest, names, force, dry_run)
         by_host: dict[str, list[BranchConfig]] = {}
         for b in branches:
             by_host.setdefault(placement[b.name], []).append(b)
-
-        def plan(host_name: str) -> list[WorkerRecord]:
-            return _plan_host(config, store, manifest, host_name, by_host[host_name], force,
-                              dry_run)
-
         host_names = list(by_host)
-        planned_per_host: list[list[WorkerRecord] | WtRunError] = []
-        for h in host_names:
+
+        def plan(host_name: str) -> list[WorkerRecord] | WtRunError:
             try:
-                planned_per_host.append(plan(h))
+                return _plan_host(config, store, manifest, host_name, by_host[host_name],
+                                  force, dry_run)
             except WtRunError as exc:
-                if len(host_names) == 1:
-                    raise
-                planned_per_host.append(exc)
+                return exc
+
+        planned_per_host = parallel_map(plan, host_names)
+        if len(host_names) == 1 and isinstance(planned_per_host[0], WtRunError):
+            raise planned_per_host[0]
         planned = [r for p in planned_per_host if isinstance(p, list) for r in p]
         if dry_run:
             outcomes = [HostOutcome(h, [], str(p) if isinstance(p, WtRunError) else None)
@@ -285,21 +286,26 @@ def launch(config: Config, names: Sequence[str], *, hosts: Sequence[str] = (),
 
         _record_planned(store, manifest, planned)
         results = parallel_map(start, list(zip(host_names, planned_per_host)))
-        for _, recs in results:
-            for rec in recs:
-                manifest = manifest.with_worker(rec)
-        store.save(manifest)
+        store.update(run_id, *(r for _, recs in results for r in recs),
+                     expected={r.name: r for r in planned})
     return LaunchReport(run_id, planned, [o for o, _ in results])
 
 
-def _record_planned(store: RunStore, manifest: RunManifest, records: Sequence[WorkerRecord]
+def _record_planned(store: RunStore, seen: RunManifest, records: Sequence[WorkerRecord]
                     ) -> None:
     """Save the workers about to start (launched_at unset) before starting them: a wt-run
     killed mid-launch then leaves them in the manifest, where status finds those that started
-    and shows the others lost. The final save replaces these records."""
-    for rec in records:
-        manifest = manifest.with_worker(rec)
-    store.save(manifest)
+    and shows the others lost. The final update replaces these records. Refuses when another
+    wt-run changed one of these workers since this launch looked at the run."""
+    with store.locked():
+        manifest = store.load(seen.run) if store.exists(seen.run) else seen
+        for rec in records:
+            if manifest.workers.get(rec.name) != seen.workers.get(rec.name):
+                raise WtRunError(f"worker '{rec.name}' of run {seen.run} was changed by another "
+                                 "wt-run command during this launch",
+                                 "check `wt-run status`, then launch again")
+            manifest = manifest.with_worker(rec)
+        store.save(manifest)
 
 
 def _refuse_live(config: Config, store: RunStore, manifest: RunManifest, names: Sequence[str],
@@ -377,7 +383,7 @@ def _start_host(config: Config, host_name: str, records: Sequence[WorkerRecord]
         specs = [LaunchSpec(r.name, r.worker_dir, r.worktree, r.command,
                             worker_env(config, r, layout.data)) for r in records]
         try:
-            started = start_workers(host, specs)
+            started = start_workers(host, specs, config.stop_grace)
         except HostUnreachable as exc:
             if not getattr(exc, "maybe_ran", False):
                 raise
@@ -414,8 +420,9 @@ def generate(config: Config, *, host: str | None = None, run: str | None = None,
         template = template + " " + " ".join(shlex.quote(a).replace("{", "{{").replace(
             "}", "}}") for a in extra_args)
     store = RunStore(config.state_dir)
-    with store.locked():
-        manifest = store.open_for_launch(run, str(config.path))
+    with store.launching(), store.planning():
+        with store.locked():
+            manifest = store.open_for_launch(run, str(config.path))
         run_id = manifest.run
         _refuse_live(config, store, manifest, ["generate"], force, dry_run)
         if hc.type == "local":
@@ -443,9 +450,7 @@ def generate(config: Config, *, host: str | None = None, run: str | None = None,
             outcome, done = _start_host(config, host_name, [rec])
         except WtRunError as exc:
             outcome, done = HostOutcome(host_name, error=str(exc)), []
-        for r in done:
-            manifest = manifest.with_worker(r)
-        store.save(manifest)
+        store.update(run_id, *done, expected={"generate": rec})
     return LaunchReport(run_id, [rec], [outcome])
 
 
@@ -584,91 +589,3 @@ def logs(config: Config, name: str, *, run: str | None = None, follow: bool = Fa
             out.write(result.check().stdout)
             return 0
         return host.stream_script(log_script(path, lines, True), out)
-
-
-# ---------------------------------------------------------------- clean
-
-@dataclass(frozen=True)
-class CleanAction:
-    what: str
-    target: str
-    done: bool
-    note: str = ""
-
-
-def clean_worktrees(config: Config, *, dry_run: bool = False, force: bool = False,
-                    delete_branches: bool = False) -> list[CleanAction]:
-    """Remove wt-run's local worktrees (not those with live workers) and prune stale entries;
-    optionally delete their branches when merged (or when forced)."""
-    store = RunStore(config.state_dir)
-    # Under the lock: a launch in progress holds it until its workers are recorded and started.
-    with store.locked():
-        return _clean_worktrees(config, store, dry_run, force, delete_branches)
-
-
-def _clean_worktrees(config: Config, store: RunStore, dry_run: bool, force: bool,
-                     delete_branches: bool) -> list[CleanAction]:
-    from .worktrees import delete_branch, plan_removal, prune_worktrees, remove_worktree
-
-    busy = _live_names(config, store, "local")
-    actions: list[CleanAction] = []
-    for plan in plan_removal(config, busy):
-        if plan.reason.startswith("skip:") and not (force and "uncommitted" in plan.reason):
-            actions.append(CleanAction("keep worktree", str(plan.path), False, plan.reason[5:]))
-            continue
-        if not dry_run:
-            remove_worktree(config, plan.path, force)
-        actions.append(CleanAction("remove worktree", str(plan.path), not dry_run))
-        if delete_branches and plan.branch:
-            why = None if dry_run else delete_branch(config, plan.branch, force)
-            actions.append(CleanAction("delete branch", plan.branch, not dry_run and why is None,
-                                       why or ""))
-    if not dry_run:
-        prune_worktrees(config)
-    actions.append(CleanAction("prune stale worktree entries", str(config.repo), not dry_run))
-    return actions
-
-
-def _live_names(config: Config, store: RunStore, host: str) -> set[str]:
-    return {rec.name for rec in _still_live(config, (r for _, r in _host_records(store, host)))}
-
-
-def clean_run(config: Config, run: str, *, dry_run: bool = False, force: bool = False
-              ) -> list[CleanAction]:
-    """Delete a run's records and its worker directories on every host. Refuses while a worker
-    runs, and (without force) before the run has been collected."""
-    store = RunStore(config.state_dir)
-    run_id = store.resolve(run)
-    report = status(config, run_id, store=store)
-    live = [w.record.name for w in report.workers if not w.state.terminal]
-    if live:
-        raise WtRunError(f"run {run_id} still has live or unreachable workers: "
-                         f"{', '.join(live)}",
-                         f"stop them first: `wt-run stop --all --run {run_id}`")
-    uncollected = [w.record.name for w in report.workers if w.record.collected_at is None]
-    if uncollected and not force:
-        raise WtRunError(f"run {run_id} has results not collected yet ({', '.join(uncollected)})",
-                         f"run `wt-run collect --run {run_id}` first, or pass --force")
-    actions: list[CleanAction] = []
-    for host_name, recs in group_by_host(w.record for w in report.workers).items():
-        dirs = sorted({r.worker_dir.rsplit("/workers/", 1)[0] for r in recs})
-        for d in dirs:
-            actions.append(CleanAction("remove run files", f"{host_name}:{d}", not dry_run))
-        if dry_run or host_name == "local":
-            continue
-        with open_host(config, host_name) as host:
-            import shlex
-
-            host.run_script("".join(f"rm -rf -- {shlex.quote(d)}\n" for d in dirs)).check()
-    local_dir = store.run_dir(run_id)
-    if not any(a.target == f"local:{local_dir}" for a in actions):
-        actions.append(CleanAction("remove run files", f"local:{local_dir}", not dry_run))
-    if not dry_run:
-        import shutil
-
-        with store.locked():
-            shutil.rmtree(local_dir, ignore_errors=True)
-            latest = store.runs_dir / "latest"
-            if latest.exists() and latest.read_text().strip() == run_id:
-                latest.unlink()
-    return actions

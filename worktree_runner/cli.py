@@ -288,7 +288,8 @@ def compare(state: AppState, run: str | None, out: str | None, fmt: str,
 @click.option("--delete-branches", is_flag=True,
               help="With --worktrees: also delete their branches if merged (all with --force).")
 @click.option("--force", is_flag=True,
-              help="Remove dirty worktrees / uncollected runs / unmerged branches too.")
+              help="Remove dirty worktrees, worktrees and runs holding uncollected results, and "
+                   "unmerged branches too.")
 @dry_run_option
 @pass_state
 def clean(state: AppState, run: str | None, worktrees: bool, delete_branches: bool, force: bool,
@@ -299,14 +300,14 @@ def clean(state: AppState, run: str | None, worktrees: bool, delete_branches: bo
     --force."""
     if not worktrees and run is None:
         raise click.UsageError("say what to clean: --run ID and/or --worktrees")
-    from . import api
+    from . import clean as cleaning
 
     actions = []
     if run is not None:
-        actions += api.clean_run(state.config, run, dry_run=dry_run, force=force)
+        actions += cleaning.clean_run(state.config, run, dry_run=dry_run, force=force)
     if worktrees:
-        actions += api.clean_worktrees(state.config, dry_run=dry_run, force=force,
-                                       delete_branches=delete_branches)
+        actions += cleaning.clean_worktrees(state.config, dry_run=dry_run, force=force,
+                                            delete_branches=delete_branches)
     for a in actions:
         verb = f"Would {a.what}" if dry_run else (a.what if a.done else f"kept ({a.what})")
         click.echo(f"{verb}: {a.target}" + (f" — {a.note}" if a.note else ""))

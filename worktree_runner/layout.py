@@ -13,7 +13,7 @@ from .config import Config, HostConfig
 
 @dataclass(frozen=True)
 class HostLayout:
-    root: str  # wt-run's state directory on the host (runs/, wrapper.sh)
+    root: str  # wt-run's state directory on the host (runs/, wrapper.py)
     repo: str
     worktrees: str
     data: str

@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -117,8 +118,39 @@ def atomic_write_text(path: Path, text: str, mode: int = 0o600) -> None:
         raise
 
 
+_guards: dict[tuple[Path, int], threading.RLock] = {}
+_depth: dict[tuple[Path, int], int] = {}
+_guards_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, mode: int) -> Iterator[None]:
+    """flock on `path`, re-entrant in this process (flock itself would deadlock on a second
+    open of the same file); the threads of this process take turns at each lock file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = (path, mode)
+    with _guards_lock:
+        guard = _guards.setdefault(key, threading.RLock())
+    with guard:
+        if _depth.get(key):
+            _depth[key] += 1
+            try:
+                yield
+            finally:
+                _depth[key] -= 1
+            return
+        with open(path, "a+") as fh:
+            fcntl.flock(fh, mode)
+            _depth[key] = 1
+            try:
+                yield
+            finally:
+                _depth[key] = 0
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class RunStore:
-    """All runs of one repository: `<state_dir>/runs/<run>/manifest.json` plus `latest`."""
+    """All runs of one repository: `<state_dir>/runs/<run>/manifest.json`."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
@@ -126,20 +158,31 @@ class RunStore:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the repository's wt-run lock (blocking) for a read-modify-write."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / "lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        """Hold the repository's manifest lock (blocking) for a read-modify-write. Held only
+        around manifest reads and writes, never across a host round trip; re-entrant within
+        one process."""
+        with _file_lock(self.state_dir / "lock", fcntl.LOCK_EX):
+            yield
+
+    @contextlib.contextmanager
+    def planning(self) -> Iterator[None]:
+        """Serialise the planning of launches (worktrees, GPU and slot choice) without
+        blocking status, stop, logs or collect."""
+        with _file_lock(self.state_dir / "plan.lock", fcntl.LOCK_EX):
+            yield
+
+    @contextlib.contextmanager
+    def launching(self) -> Iterator[None]:
+        """Mark a launch in progress (shared: launches may overlap) until its workers are
+        started and recorded; `busy` tells."""
+        with _file_lock(self.state_dir / "launch.lock", fcntl.LOCK_SH):
+            yield
 
     def busy(self) -> bool:
-        """True while another process holds the lock (e.g. a launch that has recorded its
-        workers and is starting them); never blocks."""
+        """True while a launch is in progress (it has recorded its workers and may still be
+        starting them); never blocks."""
         try:
-            fh = open(self.state_dir / "lock", "a+")  # noqa: SIM115 - closed below
+            fh = open(self.state_dir / "launch.lock", "a+")  # noqa: SIM115 - closed below
         except OSError:
             return False
         with fh:
@@ -182,7 +225,6 @@ class RunStore:
     def save(self, manifest: RunManifest) -> None:
         path = self.run_dir(manifest.run) / "manifest.json"
         atomic_write_text(path, json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
-        atomic_write_text(self.runs_dir / "latest", manifest.run + "\n")
 
     def update(self, run: str, *records: WorkerRecord,
                expected: Mapping[str, WorkerRecord] | None = None) -> RunManifest:
@@ -201,12 +243,7 @@ class RunStore:
             return manifest
 
     def latest(self) -> str:
-        try:
-            run = (self.runs_dir / "latest").read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            run = ""
-        if run and self.exists(run):
-            return run
+        """The newest run: the one created last (looking at a run never changes this)."""
         runs = self.list_runs()
         if not runs:
             raise WtRunError("no runs yet in this repository",

@@ -8,7 +8,7 @@ filesystem, laid out as for SSH hosts; the compute node runs the same wrapper
 (`workers.WRAPPER`) with the same files, so exit codes, logs and the worker contract are
 identical to the other hosts.
 
-A batch job runs `sh wrapper.sh WORKER_DIR` as a child and stays its parent, because Slurm
+A batch job runs `python3 wrapper.py WORKER_DIR` as a child and stays its parent, because Slurm
 signals only the batch shell (`--signal=B:USR1@N`): on USR1 it passes the signal to the
 user's command, and with `requeue: true` it requeues the job once the command has exited
 non-zero after that signal, so a training that checkpoints on USR1 and resumes continues
@@ -31,15 +31,18 @@ from .errors import ConfigError, HostUnreachable
 from .hosts import Host, LocalHost
 from .runs import WorkerRecord
 from .workers import (
+    FIND_PYTHON,
     NEVER_STARTED,
     HostHealth,
     LaunchSpec,
     Observation,
+    StatusOutputError,
     WorkerState,
     command_script,
     derive_state,
     install_wrapper_script,
     parse_status,
+    read_probe_output,
     status_script,
 )
 
@@ -257,15 +260,7 @@ def _pattern_safe(path: str) -> str:
 
 # ---------------------------------------------------------------- batch scripts
 
-# Children of a pid, from /proc (no procps needed on compute nodes).
-_JOB_BODY = r"""wt_kids() {
-  for f in /proc/[0-9]*/stat; do
-    { read -r st < "$f"; } 2>/dev/null || continue
-    set -- ${st##*) }
-    if [ "$2" = "$wt_parent" ]; then f=${f#/proc/}; echo "${f%/stat}"; fi
-  done
-}
-# Earlier runs of a requeued job leave pid/exit files: keep them aside, start clean.
+_JOB_BODY = r"""# Earlier runs of a requeued job leave pid/exit files: keep them aside, start clean.
 wt_shelve() {
   n=1
   while [ -e "$d/requeues/$n" ]; do n=$((n+1)); done
@@ -276,12 +271,10 @@ if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then wt_shelve; fi
 WT_RUN_RESTART_COUNT=${SLURM_RESTART_COUNT:-0}
 export WT_RUN_RESTART_COUNT
 usr1=0
-sh "$W" "$d" &
+"$PY" "$W" "$d" &
 w=$!
-# USR1 goes to the user's command only (the wrapper's grandchildren): its shell would die
-# of it, and helper processes (data loaders) must not see it.
-trap 'usr1=1; wt_parent=$w; for c in $(wt_kids); do wt_parent=$c;
-  for g in $(wt_kids); do kill -USR1 "$g" 2>/dev/null; done; done' USR1
+# USR1 (checkpoint now) goes to the wrapper, which hands it to the user's command only.
+trap 'usr1=1; kill -USR1 "$w" 2>/dev/null' USR1
 trap 'kill -TERM "$w" 2>/dev/null' TERM
 while :; do
   wait "$w"
@@ -308,7 +301,7 @@ def _job_header(title: str, argv: Sequence[str]) -> str:
 def job_script(rec: WorkerRecord, settings: SlurmSettings, argv: Sequence[str]) -> str:
     """The batch script of one worker's job."""
     return (_job_header(f"worker {rec.name} (branch {rec.branch})", argv)
-            + f"d={q(rec.worker_dir)}\nW={q(_root_of(rec) + '/wrapper.sh')}\n"
+            + f"d={q(rec.worker_dir)}\nW={q(_root_of(rec) + '/wrapper.py')}\n" + FIND_PYTHON
             + f"requeue={1 if settings.requeue else 0}\n" + _JOB_BODY)
 
 
@@ -321,7 +314,7 @@ def array_job_script(recs: Sequence[WorkerRecord], settings: SlurmSettings,
             + 'case "${SLURM_ARRAY_TASK_ID:-}" in\n' + cases
             + '  *) echo "wt-run: no worker for array task ${SLURM_ARRAY_TASK_ID:-}" >&2;'
             + " exit 97 ;;\nesac\n"
-            + f"W={q(_root_of(recs[0]) + '/wrapper.sh')}\n"
+            + f"W={q(_root_of(recs[0]) + '/wrapper.py')}\n" + FIND_PYTHON
             + f"requeue={1 if settings.requeue else 0}\n" + _JOB_BODY)
 
 
@@ -565,19 +558,6 @@ def _split_output(output: str) -> tuple[dict[str, tuple[str, str | None]], str |
     return jobs, error, "\n".join(rest) + "\n"
 
 
-def _file_blocks(output: str, count: int) -> list[dict[str, list[str]]]:
-    blocks: list[dict[str, list[str]]] = [{} for _ in range(count)]
-    current: dict[str, list[str]] | None = None
-    for line in output.splitlines():
-        key, _, rest = line.partition(" ")
-        if key == "@":
-            current = blocks[int(rest)]
-        elif current is not None:
-            # progress stays one JSON text, as the wrapper-file state machine expects
-            current[key] = rest if key == "progress" else rest.split()  # type: ignore[assignment]
-    return blocks
-
-
 def combine(files: Mapping[str, Any], job: tuple[str, str | None] | None,
             slurm_error: str | None, job_id: str | None, now: float | None,
             file_obs: Observation) -> SlurmObservation:
@@ -635,10 +615,14 @@ def observe_slurm(config: Config, hc: HostConfig, records: Sequence[WorkerRecord
         raise HostUnreachable(hc.name, f"status script exited {result.exit_code}: "
                               f"{result.stderr.strip()[-200:]}", "check the login node")
     jobs, error, rest = _split_output(result.stdout)
-    health, file_obs = parse_status(rest, hc.name, len(records))
+    try:
+        health, file_obs = parse_status(rest, hc.name, len(records))
+    except StatusOutputError as exc:
+        raise HostUnreachable(hc.name, str(exc), "check that python3 runs on the login node"
+                              ) from None
     if error:
         health = replace(health, reason=f"Slurm: {error}")
-    blocks = _file_blocks(rest, len(records))
+    blocks = read_probe_output(rest, len(records))[1]
     out: list[Observation] = []
     for rec, files, fobs in zip(records, blocks, file_obs):
         job = jobs.get(rec.job_id) if rec.job_id else None

@@ -3,9 +3,10 @@ state machine that derives a worker's state from its files every time.
 
 Files in a worker directory (`<root>/runs/<run>/workers/<name>/`):
   cmd.sh   the command, its cwd and environment (private: may hold secrets)
-  spawn    pid of the just-started wrapper (before it has recorded itself)
+  spawn    pid of the just-started wrapper (before it has recorded itself), by rename
   pid      "<pid> <start ticks> <boot id> <epoch>" written by the wrapper, by rename
-  exit     "<status> <epoch>" written by the wrapper when the command ends, by rename
+  exit     "<value> <epoch> <how>" written by the wrapper once the command and what it left in
+           its process group have ended, by rename; how: exit | signal | never
   stop     marker: a user asked this worker to stop
   log      stdout and stderr; earlier attempts move to attempts/<n>/
   out/     WT_RUN_OUT
@@ -20,39 +21,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import HostUnreachable
 from .hosts import Host
+from .hostside import source
+from .templates import exec_line
 
 q = shlex.quote
 
-# `kill -TERM 0` forwards a signal sent to the wrapper alone to the whole process group.
-# The guard keeps the wrapper from signalling itself in a loop. USR1 (checkpoint now) goes to
-# the command's processes, not to the `sh cmd.sh` between them, which has no handler and
-# would die from it, leaving the command orphaned.
-WRAPPER = r"""# wt-run worker wrapper: sh wrapper.sh WORKER_DIR
-d=$1
-read -r boot < /proc/sys/kernel/random/boot_id
-read -r st < /proc/$$/stat
-set -- ${st##*) }
-shift 19
-printf '%s %s %s %s\n' "$$" "$1" "$boot" "$(date +%s)" > "$d/pid.tmp" &&
-  mv -f "$d/pid.tmp" "$d/pid"
-if [ -e "$d/stop" ]; then
-  printf '143 %s\n' "$(date +%s)" > "$d/exit.tmp" && mv -f "$d/exit.tmp" "$d/exit"
-  exit 143
-fi
-fwd=0
-trap 'if [ $fwd = 0 ]; then fwd=1; kill -TERM 0 2>/dev/null; fi' TERM INT HUP
-trap 'pkill -USR1 -P "$child" 2>/dev/null' USR1
-sh "$d/cmd.sh" &
-child=$!
-while :; do
-  wait "$child"
-  rc=$?
-  kill -0 "$child" 2>/dev/null || break
-done
-printf '%s %s\n' "$rc" "$(date +%s)" > "$d/exit.tmp" && mv -f "$d/exit.tmp" "$d/exit"
-exit "$rc"
-"""
+# The host-side programs (see hostside/): shipped as text, run with the host's python3.
+WRAPPER = source("wrapper")
+PROBE = source("probe")
+# The first python3 (or python) on the host's PATH; scripts fail with exit 92 without one.
+FIND_PYTHON = ('PY=$(command -v python3 || command -v python) || '
+               '{ echo "wt-run: no python3 on this host" >&2; exit 92; }\n')
 
 
 class WorkerState(str, enum.Enum):
@@ -131,12 +112,12 @@ def command_script(spec: LaunchSpec) -> str:
     lines.append(f'export PYTHONPATH={q(spec.worktree)}"${{PYTHONPATH:+:$PYTHONPATH}}"')
     lines.append('if [ -x .venv/bin/python ]; then PATH="$PWD/.venv/bin:$PATH"; '
                  'VIRTUAL_ENV="$PWD/.venv"; export PATH VIRTUAL_ENV; fi')
-    lines.append(spec.command)
+    lines.append(exec_line(spec.command))
     return "\n".join(lines) + "\n"
 
 
 def install_wrapper_script(root: str) -> str:
-    w = f"{root}/wrapper.sh"
+    w = f"{root}/wrapper.py"
     return (f"mkdir -p {q(root)} && printf '%s' {q(WRAPPER)} > {q(w)}.$$ "
             f"&& mv -f {q(w)}.$$ {q(w)} || exit 90\n")
 
@@ -154,27 +135,28 @@ wt_launch() {
     done
   fi
   printf '%s' "$2" > "$d/cmd.sh"
-  setsid sh "$W" "$d" </dev/null >"$d/log" 2>&1 &
-  echo "$!" > "$d/spawn"
+  setsid "$PY" "$W" "$d" "$G" </dev/null >"$d/log" 2>&1 &
+  printf '%s\n' "$!" > "$d/spawn.tmp" && mv -f "$d/spawn.tmp" "$d/spawn"
   echo "started $3 $!"
 }
 """
 
 
-def launch_script(root: str, specs: Sequence[LaunchSpec]) -> str:
+def launch_script(root: str, specs: Sequence[LaunchSpec], grace: float = 10.0) -> str:
     """One script that starts every given worker on a host, detached, in one round trip."""
-    parts = ["umask 077", install_wrapper_script(root), f"W={q(root + '/wrapper.sh')}",
-             _LAUNCH_FN]
+    parts = ["umask 077", FIND_PYTHON, install_wrapper_script(root),
+             f"W={q(root + '/wrapper.py')}", f"G={float(grace)!r}", _LAUNCH_FN]
     for i, spec in enumerate(specs):
         parts.append(f"wt_launch {q(spec.worker_dir)} {q(command_script(spec))} {i}")
     return "\n".join(parts) + "\n"
 
 
-def start_workers(host: Host, specs: Sequence[LaunchSpec]) -> dict[str, int | str]:
+def start_workers(host: Host, specs: Sequence[LaunchSpec], grace: float = 10.0
+                  ) -> dict[str, int | str]:
     """Start the workers; returns name -> spawn pid, or name -> error text."""
     if not specs:
         return {}
-    result = host.run_script(launch_script(host.root, specs)).check()
+    result = host.run_script(launch_script(host.root, specs, grace)).check()
     started: dict[str, int | str] = {}
     for line in result.stdout.splitlines():
         kind, _, rest = line.partition(" ")
@@ -186,117 +168,138 @@ def start_workers(host: Host, specs: Sequence[LaunchSpec]) -> dict[str, int | st
     return started
 
 
-_STATUS_FN = r"""
-wt_now() {
-  { read -r st < "/proc/$1/stat"; } 2>/dev/null || return 0
-  set -- ${st##*) }; shift 19; echo "now $1"
-}
-wt_status() {
-  d=$1
-  echo "@ $2"
-  [ -d "$d" ] || echo "nodir"
-  # The spawned wrapper's liveness first: once it is seen dead, the pid and exit files read
-  # next are final (read after them, a quick worker could finish in between and look lost).
-  if [ -f "$d/spawn" ]; then
-    read -r s < "$d/spawn"
-    if kill -0 "$s" 2>/dev/null; then echo "spawn $s 1"; else echo "spawn $s 0"; fi
-  fi
-  if [ -f "$d/pid" ]; then read -r p rest < "$d/pid"; echo "pid $p $rest"; wt_now "$p"; fi
-  if [ -f "$d/exit" ]; then read -r e < "$d/exit"; echo "exit $e"; fi
-  if [ -e "$d/stop" ]; then echo "stop"; fi
-  if [ -f "$d/out/progress.json" ]; then
-    pj=
-    while IFS= read -r l || [ -n "$l" ]; do pj="$pj$l"; done < "$d/out/progress.json"
-    echo "progress $pj"
-  fi
-}
-"""
-
-_HEALTH = r"""
-read -r boot < /proc/sys/kernel/random/boot_id; echo "boot $boot"
-echo "time $(date +%s)"
-if read -r l1 l5 l15 rest < /proc/loadavg; then echo "load $l1 $l5 $l15"; fi
-if [ -d "$R" ]; then df -Pk "$R" 2>/dev/null | awk 'NR==2 {print "df", $4}'; fi
-if command -v nvidia-smi >/dev/null 2>&1; then
-  nvidia-smi --format=csv,noheader,nounits \
-    --query-gpu=index,utilization.gpu,memory.used,memory.total 2>/dev/null | sed 's/^/gpu /'
-fi
-"""
-
-
 def status_script(root: str, worker_dirs: Sequence[str]) -> str:
-    """One script that reports every given worker directory plus host health."""
-    parts = [f"R={q(root)}", _HEALTH, _STATUS_FN]
-    for i, d in enumerate(worker_dirs):
-        parts.append(f"wt_status {q(d)} {i}")
-    return "\n".join(parts) + "\n"
+    """One script that reports every given worker directory plus host health, as one JSON
+    line made by the probe (hostside/probe.py)."""
+    dirs = " ".join(q(d) for d in worker_dirs)
+    return f"{FIND_PYTHON}\"$PY\" -c {q(PROBE)} {q(root)} {dirs}\n"
+
+
+class StatusOutputError(ValueError):
+    """The host's answer to a status script is not the probe's document."""
+
+
+def read_probe_output(output: str, count: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The probe's health document and one file dict per worker (see `derive_state`)."""
+    for line in reversed(output.split("\n")):
+        if line.startswith("wtjson "):
+            try:
+                doc = json.loads(line[7:])
+                workers = doc["workers"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise StatusOutputError(f"unreadable status document: {exc}") from None
+            if not isinstance(workers, list) or len(workers) != count:
+                raise StatusOutputError("status document has the wrong number of workers")
+            return doc, [_files_from_probe(w) for w in workers]
+    raise StatusOutputError("the host's status probe printed no document")
+
+
+def _files_from_probe(entry: Any) -> dict[str, Any]:
+    """The probe's view of one worker directory as the token lists `derive_state` reads."""
+    if not isinstance(entry, dict):
+        return {"problems": {"status": "malformed probe entry"}}
+    if entry.get("nodir"):
+        return {"nodir": []}
+    files: dict[str, Any] = {"problems": dict(entry.get("problems") or {})}
+    if isinstance(entry.get("spawn"), str):
+        flag = {True: "1", False: "0"}.get(entry.get("spawn_alive"), "?")
+        files["spawn"] = [*entry["spawn"].split()[:1], flag]
+    if isinstance(entry.get("pid"), str):
+        files["pid"] = entry["pid"].split()
+        if isinstance(entry.get("now"), str):
+            files["now"] = [entry["now"]]
+    if isinstance(entry.get("exit"), str):
+        files["exit"] = entry["exit"].split()
+    if entry.get("stop"):
+        files["stop"] = []
+    if isinstance(entry.get("progress"), str):
+        files["progress"] = entry["progress"]
+    return files
+
+
+def _health(host: str, doc: Mapping[str, Any]) -> HostHealth:
+    load = doc.get("load")
+    gpus = tuple({"index": str(g.get("index")), "name": g.get("name"),
+                  "utilization": _num(g.get("utilization")),
+                  "memory_used_mib": _num(g.get("memory_used")),
+                  "memory_total_mib": _num(g.get("memory_total")),
+                  "processes": list(g.get("processes") or [])}
+                 for g in doc.get("gpus") or [] if isinstance(g, dict))
+    disk = doc.get("disk_free_bytes")
+    return HostHealth(host, True, None,
+                      tuple(float(x) for x in load[:3]) if isinstance(load, list) else None,
+                      int(disk) if isinstance(disk, (int, float)) else None, gpus)
 
 
 def parse_status(output: str, host: str, count: int) -> tuple[HostHealth, list[Observation]]:
-    """Parse a status script's output into host health and one observation per worker."""
-    boot = ""
-    now: float | None = None
-    load = None
-    disk = None
-    gpus: list[dict[str, Any]] = []
-    blocks: list[dict[str, Any]] = [{} for _ in range(count)]
-    current: dict[str, Any] | None = None
-    for line in output.splitlines():
-        key, _, rest = line.partition(" ")
-        if key == "@":
-            current = blocks[int(rest)]
-        elif current is None:
-            if key == "boot":
-                boot = rest.strip()
-            elif key == "time":
-                now = float(rest)
-            elif key == "load":
-                load = tuple(float(x) for x in rest.split()[:3])
-            elif key == "df":
-                disk = int(rest) * 1024
-            elif key == "gpu":
-                idx, util, used, total = (x.strip() for x in rest.split(","))
-                gpus.append({"index": idx, "utilization": _num(util),
-                             "memory_used_mib": _num(used), "memory_total_mib": _num(total)})
-        elif key == "progress":
-            current["progress"] = rest
-        else:
-            current[key] = rest.split()
-    health = HostHealth(host, True, None, load, disk, tuple(gpus))  # type: ignore[arg-type]
-    return health, [derive_state(b, boot, now) for b in blocks]
+    """Parse a status script's output into host health and one observation per worker.
+    Each worker is read on its own: one whose files make no sense reads `unknown`."""
+    doc, blocks = read_probe_output(output, count)
+    boot = str(doc.get("boot") or "")
+    now = _num(doc.get("time"))
+    return _health(host, doc), [derive_state(b, boot, now) for b in blocks]
 
 
-def _num(text: str) -> float | None:
+def _num(value: Any) -> float | None:
     try:
-        return float(text)
-    except ValueError:
+        return float(value)
+    except (TypeError, ValueError):
         return None
 
 
+class _BadFile(ValueError):
+    def __init__(self, file: str, detail: str) -> None:
+        super().__init__(f"{file}: {detail}")
+        self.file, self.detail = file, detail
+
+
+def _int_field(tokens: Sequence[str], file: str, index: int, what: str) -> int:
+    try:
+        return int(tokens[index])
+    except (IndexError, ValueError):
+        raise _BadFile(file, f"no {what}") from None
+
+
+def _float_field(tokens: Sequence[str], file: str, index: int) -> float | None:
+    if len(tokens) <= index:
+        return None
+    try:
+        return float(tokens[index])
+    except ValueError:
+        raise _BadFile(file, "no time stamp") from None
+
+
+_UNREADABLE = "its {file} file {detail}: the state cannot be told (the file was changed by " \
+    "something other than wt-run; `wt-run logs NAME` may say more)"
+
+
 def derive_state(files: Mapping[str, Any], boot: str, now: float | None) -> Observation:
-    """The state machine: a worker's state from what its files say right now."""
+    """The state machine: a worker's state from what its files say right now. A file that
+    makes no sense gives `unknown` with a reason naming it, never a guessed terminal state."""
+    try:
+        return _derive_state(files, boot, now)
+    except _BadFile as bad:
+        return Observation(WorkerState.UNKNOWN, host_time=now,
+                           progress=_parse_progress(files.get("progress")),
+                           reason=_UNREADABLE.format(file=bad.file, detail=bad.detail))
+
+
+def _derive_state(files: Mapping[str, Any], boot: str, now: float | None) -> Observation:
+    problems = files.get("problems") or {}
+    for name in ("exit", "pid", "spawn"):
+        if name in problems:
+            raise _BadFile(name, f"is {problems[name]}")
     progress = _parse_progress(files.get("progress"))
     stopped = "stop" in files
     pid_fields = files.get("pid")
-    pid = int(pid_fields[0]) if pid_fields else None
-    started = float(pid_fields[3]) if pid_fields and len(pid_fields) > 3 else None
+    pid = started = None
+    if pid_fields is not None:
+        pid = _int_field(pid_fields, "pid", 0, "process id")
+        _int_field(pid_fields, "pid", 1, "start time")
+        started = _float_field(pid_fields, "pid", 3)
     if "exit" in files:
-        status = int(files["exit"][0])
-        ended = float(files["exit"][1]) if len(files["exit"]) > 1 else None
-        code: int | None = status
-        sig: int | None = None
-        if status > 128 and status - 128 < 65:
-            code, sig = None, status - 128
-        if stopped:
-            state = WorkerState.STOPPED
-        elif sig is not None:
-            state = WorkerState.KILLED
-        elif status == 0:
-            state = WorkerState.SUCCEEDED
-        else:
-            state = WorkerState.FAILED
-        return Observation(state, pid, code, sig, started, ended, progress, now)
-    if pid_fields:
+        return _ended(files["exit"], stopped, pid, started, progress, now)
+    if pid_fields is not None:
         same_boot = len(pid_fields) > 2 and pid_fields[2] == boot
         alive = same_boot and files.get("now", [None])[0] == pid_fields[1]
         if alive:
@@ -309,12 +312,47 @@ def derive_state(files: Mapping[str, Any], boot: str, now: float | None) -> Obse
     if "nodir" in files:
         return Observation(WorkerState.LOST, host_time=now, reason=NEVER_STARTED)
     spawn = files.get("spawn")
-    if spawn and spawn[1] == "0":
-        if stopped:
-            return Observation(WorkerState.STOPPED, host_time=now)
-        return Observation(WorkerState.LOST, host_time=now,
-                           reason="wrapper exited before recording itself")
+    if spawn is not None:
+        if len(spawn) != 2 or spawn[1] == "?":
+            raise _BadFile("spawn", "holds no process id")
+        if spawn[1] == "0":
+            if stopped:
+                return Observation(WorkerState.STOPPED, host_time=now)
+            return Observation(WorkerState.LOST, host_time=now,
+                               reason="wrapper exited before recording itself")
     return Observation(WorkerState.PENDING, host_time=now, progress=progress)
+
+
+def _ended(tokens: Sequence[str], stopped: bool, pid: int | None, started: float | None,
+           progress: Mapping[str, Any] | None, now: float | None) -> Observation:
+    """The state an exit record gives: "<value> <epoch> <how>" (how: exit | signal | never);
+    records of older versions have no `how`, and there a status over 128 meant a signal."""
+    value = _int_field(tokens, "exit", 0, "exit status")
+    ended = _float_field(tokens, "exit", 1)
+    how = tokens[2] if len(tokens) > 2 else ("signal" if 128 < value < 193 else "exit")
+    code: int | None = None
+    sig: int | None = None
+    if how == "signal":
+        sig = value - 128 if len(tokens) < 3 else value
+        if not 0 < sig < 65:
+            raise _BadFile("exit", "holds no signal number")
+    elif how == "exit":
+        if not 0 <= value < 256:
+            raise _BadFile("exit", "holds no exit status")
+        code = value
+    elif how != "never":
+        raise _BadFile("exit", "has an unknown kind of ending")
+    if stopped:
+        state = WorkerState.STOPPED
+    elif how == "never":
+        raise _BadFile("exit", "says the worker never started, yet no stop was asked")
+    elif sig is not None:
+        state = WorkerState.KILLED
+    elif code == 0:
+        state = WorkerState.SUCCEEDED
+    else:
+        state = WorkerState.FAILED
+    return Observation(state, pid, code, sig, started, ended, progress, now)
 
 
 def _parse_progress(text: str | None) -> dict[str, Any] | None:
@@ -322,7 +360,7 @@ def _parse_progress(text: str | None) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -356,7 +394,10 @@ def query_workers(host: Host, worker_dirs: Sequence[str], timeout: float | None 
                   ) -> tuple[HostHealth, list[Observation]]:
     """One round trip: host health and every worker's state."""
     result = host.run_script(status_script(host.root, worker_dirs), timeout=timeout).check()
-    return parse_status(result.stdout, host.name, len(worker_dirs))
+    try:
+        return parse_status(result.stdout, host.name, len(worker_dirs))
+    except StatusOutputError as exc:
+        raise HostUnreachable(host.name, str(exc), "check that python3 runs on the host") from None
 
 
 _STOP_FN = r"""

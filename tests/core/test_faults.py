@@ -108,10 +108,10 @@ def _launch_killed(wt: WtRun, when: str, *names: str,
         import os, sys
         from worktree_runner import api, cli
         real = api.start_workers
-        def start_workers(host, specs):
+        def start_workers(host, specs, *rest):
             if {when!r} == "before":
                 os._exit(9)
-            real(host, specs)
+            real(host, specs, *rest)
             os._exit(9)
         api.start_workers = start_workers
         sys.argv = ["wt-run", "--config", {str(wt.config)!r}, *{list(command)!r},
@@ -162,8 +162,8 @@ def test_workers_a_killed_launch_never_started_read_lost_not_pending(repo_factor
     _launch_killed(wt, "before", "a")
     config = load_config(wt.config)
     store = RunStore(config.state_dir)
-    # While a launch holds the lock, a recorded worker without a directory is about to start.
-    with store.locked():
+    # While a launch is in progress, a recorded worker without a directory is about to start.
+    with store.launching():
         assert api.status(config).workers[0].state.value == "pending"
     worker = wt.status()["workers"][0]
     assert worker["state"] == "lost" and "launch was interrupted" in worker["reason"]
@@ -184,9 +184,9 @@ def test_clean_worktrees_waits_for_a_launch_in_progress(repo_factory) -> None:
     worktree = Path(wt.status()["workers"][0]["worktree"])
     store = RunStore(load_config(wt.config).state_dir)
     box: dict[str, object] = {}
-    # A launch holds the lock from recording its workers until they have started: a clean
-    # meanwhile could remove the worktree a worker is about to start in.
-    with store.locked():
+    # A launch holds the planning lock until its workers have started: a clean meanwhile
+    # could remove the worktree a worker is about to start in.
+    with store.planning():
         thread = threading.Thread(target=lambda: box.setdefault(
             "out", wt("clean", "--worktrees").output))
         thread.start()
@@ -306,23 +306,31 @@ def yaml_load(path: Path) -> dict:
 # ---------------------------------------------------------------- status script races
 
 def test_worker_ending_between_status_reads_is_not_seen_lost(tmp_path: Path) -> None:
-    """The wrapper records itself, runs and exits while a status script reads its files:
-    here it happens exactly when status checks whether the spawned wrapper is alive (a
-    shell function standing in for the `kill` builtin does the wrapper's writes)."""
+    """The wrapper records itself, runs and exits while a status probe reads its files: here
+    it happens exactly when the probe checks whether the spawned wrapper is alive (the probe's
+    liveness check is replaced by one that does the wrapper's writes, then says 'gone')."""
     from worktree_runner.workers import WorkerState, parse_status, status_script
 
     d = tmp_path / "w"
     d.mkdir()
     (d / "spawn").write_text("4242\n")
     finish = (
-        "kill() {\n"
-        f"  printf '4242 1 boot 100\\n' > {d}/pid\n"
-        f"  printf '0 101\\n' > {d}/exit\n"
-        "  return 1\n"
-        "}\n")
-    script = finish + status_script(str(tmp_path), [str(d)])
-    out = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True,
-                         check=True).stdout
+        "import runpy, sys\n"
+        "def alive(pid):\n"
+        f"    open({str(d / 'pid')!r}, 'w').write('4242 1 boot 100\\n')\n"
+        f"    open({str(d / 'exit')!r}, 'w').write('0 101 exit\\n')\n"
+        "    return False\n"
+        "g = runpy.run_path(sys.argv[1], run_name='probe')\n"
+        "g['main'].__globals__['alive'] = alive\n"
+        "g['main'](sys.argv[1:])\n")
+    from worktree_runner.hostside import source
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(source("probe"))
+    script = status_script(str(tmp_path), [str(d)])
+    assert "wtjson" in script  # the real status script runs this same probe
+    out = subprocess.run([sys.executable, "-c", finish, str(probe), str(tmp_path), str(d)],
+                         capture_output=True, text=True, check=True).stdout
     _, (obs,) = parse_status(out, "local", 1)
     assert obs.state == WorkerState.SUCCEEDED
 

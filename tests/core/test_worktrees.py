@@ -139,8 +139,11 @@ def test_each_worker_runs_its_own_worktree_code_despite_editable_install(tmp_pat
     }, branches={"exp/b": {"mypkg/__init__.py": "VALUE = 'branch-b'\n"}})
     git(repo, "rm", "-q", "--cached", "-r", "--ignore-unmatch", ".venv")
     venv = repo / ".venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True)
+    # The venv gets what an editable build needs installed into it (a nested venv sees only
+    # the base interpreter's packages, which may lack wheel or a recent setuptools).
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q",
+                    "setuptools>=64", "wheel"], check=True, capture_output=True)
     subprocess.run([str(venv / "bin/pip"), "install", "-q", "--no-deps", "--no-build-isolation",
                     "-e", str(repo)], check=True, capture_output=True)
     check = subprocess.run([str(venv / "bin/python"), "-c", "import mypkg; print(mypkg.VALUE)"],

@@ -1,0 +1,170 @@
+"""`wt-run clean`: remove worktrees and run files, never losing a result nobody collected.
+
+Both operations run under the planning lock, so a launch in progress (which holds it until
+its workers are recorded and started) is never cut short; `clean --run` also checks and
+deletes under it, so a concurrent `launch --run X` cannot lose its new records."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .api import _host_records, _still_live, status
+from .config import Config
+from .errors import WtRunError
+from .hosts import open_host
+from .runs import RunStore, WorkerRecord, group_by_host
+
+
+@dataclass(frozen=True)
+class CleanAction:
+    what: str
+    target: str
+    done: bool
+    note: str = ""
+
+
+def clean_worktrees(config: Config, *, dry_run: bool = False, force: bool = False,
+                    delete_branches: bool = False) -> list[CleanAction]:
+    """Remove wt-run's local worktrees (not those with live workers, nor, without force, those
+    holding results nobody collected) and prune stale entries; optionally delete their
+    branches when merged (or when forced)."""
+    from .worktrees import delete_branch, plan_removal, prune_worktrees, remove_worktree
+
+    store = RunStore(config.state_dir)
+    with store.planning():
+        busy = {rec.name for rec in _still_live(
+            config, (r for _, r in _host_records(store, "local")))}
+        plans = plan_removal(config, busy)
+        if not force:
+            _refuse_uncollected(config, store, [p.path for p in plans
+                                                if not p.reason.startswith("skip:")])
+        actions: list[CleanAction] = []
+        for plan in plans:
+            if plan.reason.startswith("skip:") and not (force and "uncommitted" in plan.reason):
+                actions.append(CleanAction("keep worktree", str(plan.path), False,
+                                           plan.reason[5:]))
+                continue
+            if not dry_run:
+                remove_worktree(config, plan.path, force)
+            actions.append(CleanAction("remove worktree", str(plan.path), not dry_run))
+            if delete_branches and plan.branch:
+                why = None if dry_run else delete_branch(config, plan.branch, force)
+                actions.append(CleanAction("delete branch", plan.branch,
+                                           not dry_run and why is None, why or ""))
+        if not dry_run:
+            prune_worktrees(config)
+        actions.append(CleanAction("prune stale worktree entries", str(config.repo),
+                                   not dry_run))
+        return actions
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """A collect glob as a regex over '/'-separated relative paths (`**` spans folders)."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            if pattern.startswith("/", i):
+                out[-1] = "(?:.*/)?"
+                i += 1
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def _result_files(worktree: Path, patterns: Sequence[str], shared: Sequence[str]
+                  ) -> Iterator[tuple[str, float]]:
+    """(relative path, mtime) of each file in the worktree that collect would take."""
+    regexes = [_glob_regex(p) for p in patterns]
+    skip = {".git", *shared}
+    for top, dirs, files in os.walk(worktree):
+        rel_top = os.path.relpath(top, worktree)
+        dirs[:] = [d for d in dirs if os.path.normpath(os.path.join(rel_top, d)) not in skip
+                   and not os.path.islink(os.path.join(top, d))]
+        for f in files:
+            rel = os.path.normpath(os.path.join(rel_top, f))
+            full = os.path.join(top, f)
+            if rel in skip or os.path.islink(full):
+                continue
+            if any(r.match(rel) for r in regexes):
+                yield rel, os.stat(full).st_mtime
+
+
+def _newest_record(store: RunStore, worktree: Path) -> tuple[str, WorkerRecord] | None:
+    """The run and record that used this worktree last."""
+    real = os.path.realpath(worktree)
+    found = [(rec.launched_at or 0.0, run, rec) for run, rec in _host_records(store, "local")
+             if os.path.realpath(rec.worktree) == real]
+    if not found:
+        return None
+    _, run, rec = max(found, key=lambda t: t[0])
+    return run, rec
+
+
+def _refuse_uncollected(config: Config, store: RunStore, worktrees: Sequence[Path]) -> None:
+    for wt in worktrees:
+        newest = _newest_record(store, wt)
+        collected = (newest[1].collected_at or 0.0) if newest else 0.0
+        fresh = sorted(rel for rel, mtime in _result_files(wt, config.collect, config.shared)
+                       if mtime > collected)
+        if not fresh:
+            continue
+        shown = ", ".join(fresh[:3]) + (f" and {len(fresh) - 3} more" if len(fresh) > 3 else "")
+        if newest is None:
+            raise WtRunError(f"worktree {wt} holds results no run has collected ({shown})",
+                             "copy them out, or pass --force to delete them")
+        run = newest[0]
+        raise WtRunError(f"worktree {wt} holds results of run {run} not collected yet ({shown})",
+                         f"run `wt-run collect --run {run}` first, or pass --force to delete "
+                         "them")
+
+
+def clean_run(config: Config, run: str, *, dry_run: bool = False, force: bool = False
+              ) -> list[CleanAction]:
+    """Delete a run's records and its worker directories on every host. Refuses while a worker
+    runs, and (without force) before the run has been collected."""
+    store = RunStore(config.state_dir)
+    with store.planning():
+        run_id = store.resolve(run)
+        report = status(config, run_id, store=store)
+        live = [w.record.name for w in report.workers if not w.state.terminal]
+        if live:
+            raise WtRunError(f"run {run_id} still has live or unreachable workers: "
+                             f"{', '.join(live)}",
+                             f"stop them first: `wt-run stop --all --run {run_id}`")
+        uncollected = [w.record.name for w in report.workers if w.record.collected_at is None]
+        if uncollected and not force:
+            raise WtRunError(f"run {run_id} has results not collected yet "
+                             f"({', '.join(uncollected)})",
+                             f"run `wt-run collect --run {run_id}` first, or pass --force")
+        actions: list[CleanAction] = []
+        for host_name, recs in group_by_host(w.record for w in report.workers).items():
+            dirs = sorted({r.worker_dir.rsplit("/workers/", 1)[0] for r in recs})
+            for d in dirs:
+                actions.append(CleanAction("remove run files", f"{host_name}:{d}", not dry_run))
+            if dry_run or host_name == "local":
+                continue
+            with open_host(config, host_name) as host:
+                host.run_script("".join(f"rm -rf -- {shlex.quote(d)}\n" for d in dirs)).check()
+        local_dir = store.run_dir(run_id)
+        if not any(a.target == f"local:{local_dir}" for a in actions):
+            actions.append(CleanAction("remove run files", f"local:{local_dir}", not dry_run))
+        if not dry_run:
+            with store.locked():
+                shutil.rmtree(local_dir, ignore_errors=True)
+        return actions

@@ -1,0 +1,137 @@
+# wt-run status probe: python3 probe.py ROOT WORKER_DIR...
+#
+# Prints one line, "wtjson " + a JSON document: the host's health and, for each worker
+# directory, what its files hold. Every byte a worker wrote travels as a JSON string (invalid
+# UTF-8 replaced), so nothing in a worker file can ever read as part of the protocol.
+import json
+import os
+import subprocess
+import sys
+import time
+
+SMALL = 4096  # pid, exit, spawn: one short line each
+PROGRESS = 65536  # progress.json larger than this is not read
+
+
+def read_text(path, limit):
+    """(text or None when absent, problem or None)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, "unreadable (%s)" % exc.strerror
+    if len(data) > limit:
+        return None, "larger than %d bytes" % limit
+    return data.decode("utf-8", "replace"), None
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start_ticks(pid):
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as fh:
+            raw = fh.read()
+        return raw[raw.rindex(b")") + 2:].split()[19].decode()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def leading_int(text):
+    try:
+        value = int(text.split()[0])
+    except (ValueError, IndexError, AttributeError):
+        return None
+    return value if value > 0 else None
+
+
+def worker(d):
+    if not os.path.isdir(d):
+        return {"nodir": True}
+    files = {}
+    problems = {}
+    # The spawned wrapper's liveness first: once it is seen dead, the pid and exit files read
+    # next are final (read after them, a quick worker could finish in between and look lost).
+    spawn, problems["spawn"] = read_text(os.path.join(d, "spawn"), SMALL)
+    if spawn is not None:
+        files["spawn"] = spawn
+        pid = leading_int(spawn)
+        files["spawn_alive"] = alive(pid) if pid else None
+    text, problems["pid"] = read_text(os.path.join(d, "pid"), SMALL)
+    if text is not None:
+        files["pid"] = text
+        pid = leading_int(text)
+        files["now"] = start_ticks(pid) if pid else None
+    files["exit"], problems["exit"] = read_text(os.path.join(d, "exit"), SMALL)
+    files["stop"] = os.path.lexists(os.path.join(d, "stop"))
+    files["progress"], problems["progress"] = read_text(
+        os.path.join(d, "out", "progress.json"), PROGRESS)
+    files["problems"] = {k: v for k, v in problems.items() if v}
+    return files
+
+
+def gpus():
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--format=csv,noheader,nounits",
+             "--query-gpu=index,utilization.gpu,memory.used,memory.total,uuid,name"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=20, check=False)
+        apps = subprocess.run(
+            ["nvidia-smi", "--format=csv,noheader,nounits",
+             "--query-compute-apps=gpu_uuid,pid,used_memory"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    procs = {}
+    for line in apps.stdout.decode("utf-8", "replace").splitlines():
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) == 3:
+            procs.setdefault(cells[0], []).append({"pid": cells[1], "used_mib": cells[2]})
+    found = []
+    for line in out.stdout.decode("utf-8", "replace").splitlines():
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) >= 4:
+            uuid = cells[4] if len(cells) > 4 else ""
+            found.append({"index": cells[0], "utilization": cells[1], "memory_used": cells[2],
+                          "memory_total": cells[3], "name": ", ".join(cells[5:]) or None,
+                          "processes": procs.get(uuid, [])})
+    return found
+
+
+def health(root):
+    doc = {"time": time.time()}
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            doc["boot"] = fh.read().strip()
+    except OSError:
+        doc["boot"] = ""
+    try:
+        doc["load"] = list(os.getloadavg())
+    except OSError:
+        doc["load"] = None
+    try:
+        st = os.statvfs(root)
+        doc["disk_free_bytes"] = st.f_bavail * st.f_frsize
+    except OSError:
+        doc["disk_free_bytes"] = None
+    doc["gpus"] = gpus()
+    return doc
+
+
+def main(argv):
+    doc = health(argv[1])
+    doc["workers"] = [worker(d) for d in argv[2:]]
+    sys.stdout.write("wtjson " + json.dumps(doc) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

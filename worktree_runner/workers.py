@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -247,6 +248,9 @@ def _num(value: Any) -> float | None:
         return None
 
 
+_BOOT_ID = re.compile(r"[0-9A-Za-z-]{1,64}\Z")
+
+
 class _BadFile(ValueError):
     def __init__(self, file: str, detail: str) -> None:
         super().__init__(f"{file}: {detail}")
@@ -297,6 +301,8 @@ def _derive_state(files: Mapping[str, Any], boot: str, now: float | None) -> Obs
         pid = _int_field(pid_fields, "pid", 0, "process id")
         _int_field(pid_fields, "pid", 1, "start time")
         started = _float_field(pid_fields, "pid", 3)
+        if len(pid_fields) > 2 and not _BOOT_ID.match(pid_fields[2]):
+            raise _BadFile("pid", "holds no boot id")
     if "exit" in files:
         return _ended(files["exit"], stopped, pid, started, progress, now)
     if pid_fields is not None:

@@ -1,0 +1,298 @@
+"""Nothing a worker writes, no broken file and no second command may make wt-run report a
+false state or lose a result. Real workers on the local host; one property test also over a
+real sshd."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import WtRun, basic_config, write_config
+from tests.servers.fixtures import sshd_servers  # noqa: F401
+
+SLEEPER = "import time, sys\nprint('started', flush=True)\ntime.sleep(float(sys.argv[1]))\n"
+FAKE_TERMINAL = frozenset({"succeeded", "failed", "killed", "stopped", "lost"})
+
+
+def _wt(repo_factory, command: str, branches=("a", "b"), files=None, **extra) -> WtRun:
+    repo = repo_factory(files={"sleeper.py": SLEEPER, **(files or {})})
+    return WtRun(repo, write_config(repo, basic_config(branches, command, **extra)))
+
+
+def _workers(wt: WtRun, run: str | None = None) -> dict[str, dict]:
+    return {w["name"]: w for w in wt.status(run)["workers"]}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_progress_json_cannot_fake_a_terminal_state(repo_factory) -> None:
+    script = ("import json, os, time\n"
+              "p = os.path.join(os.environ['WT_RUN_OUT'], 'progress.json')\n"
+              "json.dump({'epoch': 1, 'epochs': 10, 'note': 'line one\\nexit 0 0\\n@ 1\\n'"
+              " + '\\\\' * 3 + '\\x00\\r\\x85\\u2028x'}, open(p, 'w'))\n"
+              "print('wrote', flush=True)\n"
+              "time.sleep(300)\n")
+    wt = _wt(repo_factory, "python fake.py", files={"fake.py": script}, stop_grace=1)
+    wt("launch", "--branches", "a", "b")
+    wt.wait_for(lambda s: all("wrote" in Path(w["log"]).read_text()
+                              for w in _workers(wt).values()))
+    for _ in range(3):
+        workers = _workers(wt)
+        assert {w["state"] for w in workers.values()} == {"running"}, workers
+        assert workers["a"]["progress"]["epoch"] == 1
+        assert "exit 0 0" in workers["a"]["progress"]["note"]
+    wt("stop", "a")
+    assert wt.wait_states({"a": "stopped"})["b"] == "running"
+    wt("stop", "--all")
+
+
+def test_garbled_files_make_only_that_worker_unknown(repo_factory) -> None:
+    wt = _wt(repo_factory, "python sleeper.py 300", branches=("a", "b", "c"), stop_grace=1)
+    wt("launch", "--branches", "a", "b", "c")
+    wt.wait_states({"a": "running", "b": "running", "c": "running"})
+    workers = _workers(wt)
+    pid_file = Path(workers["a"]["log"]).parent / "pid"
+    real_pid = pid_file.read_bytes()
+    pid_file.write_bytes(b"garbage \377 not-a-pid\n")
+    # `c` looks never started with an empty spawn file (as a half-written one would be).
+    c_dir = Path(workers["c"]["log"]).parent
+    c_pid = (c_dir / "pid").read_bytes()
+    (c_dir / "pid").unlink()
+    (c_dir / "spawn").write_bytes(b"")
+    result = wt("status", "--json")
+    doc = {w["name"]: w for w in json.loads(result.output)["workers"]}
+    assert doc["a"]["state"] == "unknown" and "pid file" in doc["a"]["reason"]
+    assert doc["c"]["state"] == "unknown" and "spawn file" in doc["c"]["reason"]
+    assert doc["b"]["state"] == "running"
+    assert "unknown" in wt("status").output
+    # stop and clean do not die either; stop still stops the healthy worker.
+    wt("stop", "b")
+    assert wt.wait_states({"b": "stopped"})["a"] == "unknown"
+    out = wt("clean", "--worktrees", "--dry-run").output
+    assert "still running" in out
+    # Once the files are sane again, the truth comes back: nothing was cached as terminal.
+    pid_file.write_bytes(real_pid)
+    (c_dir / "pid").write_bytes(c_pid)
+    assert wt.wait_states({"a": "running", "c": "running"})
+    wt("stop", "--all")
+    wt.wait_states({"a": "stopped", "c": "stopped"})
+
+
+def test_launch_writes_spawn_by_rename() -> None:
+    from worktree_runner.workers import LaunchSpec, launch_script
+
+    script = launch_script("/r", [LaunchSpec("a", "/r/w", "/wt", "true", {})])
+    assert '> "$d/spawn.tmp" && mv -f "$d/spawn.tmp" "$d/spawn"' in script
+    assert '> "$d/spawn"\n' not in script
+
+
+def test_looking_at_an_old_run_never_makes_it_newest(repo_factory) -> None:
+    wt = _wt(repo_factory, "python sleeper.py 300", branches=("a",), stop_grace=1)
+    wt("launch", "--branches", "a")
+    old = wt.status()["run"]
+    time.sleep(1.1)  # run ids have one-second resolution
+    wt("launch", "--branches", "a", "--force", "--run", "newer-run")
+    assert wt.status()["run"] == "newer-run"
+    wt("stop", "--all", "--run", old)
+    wt("status", "--run", old)
+    wt("logs", "a", "--run", old)
+    assert wt.status()["run"] == "newer-run"
+    wt("stop", "--all")
+
+
+def test_clean_worktrees_refuses_uncollected_results(repo_factory) -> None:
+    script = ("import os\nos.makedirs('results', exist_ok=True)\n"
+              "open('results/x.txt', 'w').write('precious')\n")
+    wt = _wt(repo_factory, "python res.py", branches=("a",), files={"res.py": script})
+    wt("launch", "--branches", "a", "--wait")
+    run = wt.status()["run"]
+    worktree = Path(wt.status()["workers"][0]["worktree"])
+    out = wt("clean", "--worktrees", ok=False).output
+    assert f"run {run} not collected" in out and f"wt-run collect --run {run}" in out
+    assert (worktree / "results/x.txt").read_text() == "precious"
+    wt("collect")
+    wt("clean", "--worktrees")
+    assert not worktree.exists()
+    collected = list((wt.repo / "results").rglob("x.txt"))
+    assert collected and collected[0].read_text() == "precious"
+    # --force takes the user's word for it.
+    wt("launch", "--branches", "a", "--wait")
+    worktree = Path(wt.status()["workers"][0]["worktree"])
+    wt("clean", "--worktrees", ok=False)
+    wt("clean", "--worktrees", "--force")
+    assert not worktree.exists()
+
+
+@pytest.mark.parametrize("how", ["sigkill", "exit"])
+def test_children_never_outlive_their_worker(repo_factory, how: str) -> None:
+    """A data-loader-like child keeps running after its parent dies or returns; the wrapper
+    ends it, whatever way the command ended."""
+    script = ("import os, subprocess, sys, time\n"
+              "child = subprocess.Popen([sys.executable, '-c', "
+              "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+              "time.sleep(300)'])\n"
+              "print(f'child={child.pid} me={os.getpid()}', flush=True)\n"
+              "time.sleep(300 if sys.argv[1] == 'sigkill' else 1)\n")
+    wt = _wt(repo_factory, f"python spawner.py {how}", branches=("a",),
+             files={"spawner.py": script}, stop_grace=1)
+    wt("launch", "--branches", "a")
+    log = Path(_workers(wt)["a"]["log"])
+    wt.wait_for(lambda s: "child=" in log.read_text())
+    fields = dict(kv.split("=") for kv in log.read_text().split("\n")[0].split())
+    child = int(fields["child"])
+    if how == "sigkill":
+        os.kill(int(fields["me"]), 9)
+        expected = "killed"
+    else:
+        expected = "succeeded"
+    wt.wait_states({"a": expected})
+    assert not _alive(child)
+
+
+@pytest.mark.parametrize("code,state,exit_code,sig", [
+    ("sys.exit(130)", "failed", 130, None),
+    ("sys.exit(143)", "failed", 143, None),
+    ("os.kill(os.getpid(), signal.SIGTERM)", "killed", None, 15),
+    ("os.kill(os.getpid(), signal.SIGKILL)", "killed", None, 9)])
+def test_killed_means_a_signal(repo_factory, code, state, exit_code, sig) -> None:
+    script = f"import os, signal, sys\n{code}\n"
+    wt = _wt(repo_factory, "python end.py", branches=("a",), files={"end.py": script})
+    wt("launch", "--branches", "a", "--wait", ok=False)
+    worker = _workers(wt)["a"]
+    assert (worker["state"], worker["exit_code"], worker["signal"]) == (state, exit_code, sig)
+
+
+def test_status_is_not_frozen_while_a_launch_prepares_worktrees(repo_factory) -> None:
+    """A slow worktree checkout (a post-checkout hook that waits) keeps the launch busy;
+    status, logs and stop of another run answer meanwhile."""
+    wt = _wt(repo_factory, "python sleeper.py 300", branches=("a", "b"), stop_grace=1)
+    wt("launch", "--branches", "a")
+    first = wt.status()["run"]
+    gate = wt.repo.parent / "gate"
+    hook = wt.repo / ".git/hooks/post-checkout"
+    hook.write_text(f"#!/bin/sh\nwhile [ ! -e {gate} ]; do sleep 0.1; done\n")
+    hook.chmod(0o755)
+    launch = subprocess.Popen(
+        [sys.executable, "-m", "worktree_runner", "--config", str(wt.config), "launch",
+         "--branches", "b", "--run", "second"], cwd=wt.repo, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        wt.wait_for(lambda s: (wt.repo / ".wt-run/worktrees/b").exists())
+        box: dict[str, object] = {}
+        thread = threading.Thread(target=lambda: box.setdefault(
+            "states", wt.states(first)))
+        thread.start()
+        thread.join(timeout=60)
+        assert box.get("states") == {"a": "running"}
+        assert launch.poll() is None  # the launch was still preparing all along
+    finally:
+        gate.touch()
+        out, _ = launch.communicate(timeout=120)
+    assert launch.returncode == 0, out
+    assert wt.wait_states({"b": "running"}, run="second")
+    wt("stop", "--all", "--run", "second")
+    wt("stop", "--all", "--run", first)
+
+
+# ---------------------------------------------------------------- property: random bytes
+
+SPECIAL = [b"", b"\n", b"exit 0 0\n", b"0 1 exit\n", b"\\n\\\\\\x00", b"\x00\x00\x00",
+           b"\xff\xfe\xfa invalid utf-8 \xc3", b"1\r\n2\r\n@ 0\r\nexit 0 0", b"\n" * 50,
+           "\u2028exit 0 0\u0085".encode(), b"{" * 5000, b"x" * (10 * 1024 * 1024)]
+FILES = ["pid", "exit", "spawn", "out/progress.json", "stop"]
+
+
+def _random_bytes(rng: random.Random) -> bytes:
+    if rng.random() < 0.4:
+        return rng.choice(SPECIAL)
+    # Always one byte outside [0-9A-Za-z -] so it can never spell a valid record.
+    body = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 200)))
+    return body + b"\x01"
+
+
+def _tamper_and_check(observe, worker_dirs: list[Path], rng: random.Random, rounds: int
+                      ) -> None:
+    """Write random bytes into one file of worker 0, observe, restore; worker 1 must keep its
+    state and worker 0 must never read terminal."""
+    target = worker_dirs[0]
+    for _ in range(rounds):
+        name = rng.choice(FILES)
+        path = target / name
+        saved = path.read_bytes() if path.exists() else None
+        path.write_bytes(_random_bytes(rng))
+        try:
+            states = observe()
+        finally:
+            if saved is None:
+                path.unlink()
+            else:
+                path.write_bytes(saved)
+        if name in ("stop", "out/progress.json"):
+            assert states[0] == "running", (name, states)
+        else:
+            assert states[0] not in FAKE_TERMINAL, (name, states)
+        assert states[1] == "running", (name, states)
+    assert observe() == ["running", "running"]
+
+
+def test_random_bytes_in_worker_files_never_fake_a_state_local(repo_factory) -> None:
+    from worktree_runner import api
+    from worktree_runner.config import load_config
+
+    wt = _wt(repo_factory, "python sleeper.py 300", stop_grace=1)
+    wt("launch", "--branches", "a", "b")
+    wt.wait_states({"a": "running", "b": "running"})
+    config = load_config(wt.config)
+    dirs = [Path(w["log"]).parent for w in _workers(wt).values()]
+
+    def observe() -> list[str]:
+        return [w.state.value for w in api.status(config).workers]
+
+    _tamper_and_check(observe, dirs, random.Random(1234), 60)
+    wt("stop", "--all")
+
+
+@pytest.mark.ssh
+def test_random_bytes_in_worker_files_never_fake_a_state_ssh(
+        tmp_path, sshd_servers, monkeypatch) -> None:  # noqa: F811
+    from tests.ssh.helpers import (
+        make_repo,
+        run_cli,
+        ssh_host,
+        status_json,
+        wait_states,
+        write_ssh_config,
+    )
+    from tests.ssh.helpers import write_config as write_ssh_wt_config
+
+    (srv,) = sshd_servers(1)
+    monkeypatch.setenv("WT_RUN_SSH_CONFIG",
+                       str(write_ssh_config(tmp_path / "ssh_config", {"h1": srv})))
+    repo = make_repo(tmp_path / "repo", ["v1", "v2"])
+    config = write_ssh_wt_config(tmp_path / "wt-run.yaml", repo,
+                                 {"h1": ssh_host("h1", tmp_path / "root")}, ["v1", "v2"],
+                                 secs=300, default_host="h1")
+    assert run_cli(config, "launch", "--branches", "v1", "v2").exit_code == 0
+    doc = wait_states(config, {"v1": "running", "v2": "running"})
+    dirs = [Path(w["log"]).parent for w in doc["workers"]]
+
+    def observe() -> list[str]:
+        return [w["state"] for w in status_json(config)["workers"]]
+
+    _tamper_and_check(observe, dirs, random.Random(99), 25)
+    run_cli(config, "stop", "--all")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,6 +20,7 @@ from .hosts import open_host
 from .layout import host_layout
 from .runs import RunManifest, RunStore, WorkerRecord, group_by_host
 from .templates import render_command
+from .variants import Variant, expand
 from .workers import (
     NEVER_STARTED,
     HostHealth,
@@ -66,6 +67,9 @@ class WorkerView:
             "scheduler_state": getattr(o, "scheduler_state", r.scheduler_state),
             "reason": o.reason,
             "progress": progress,
+            "vars": dict(r.vars), "seed": r.seed, "group": r.group or r.name,
+            "env": dict(r.env) if r.env else (dict(o.env) if o.env else None),
+            "queue_position": o.queue_position,
         }
 
 
@@ -236,15 +240,20 @@ def observe_host(config: Config, host_name: str, records: Sequence[WorkerRecord]
 # ---------------------------------------------------------------- launch
 
 def launch(config: Config, names: Sequence[str], *, hosts: Sequence[str] = (),
-           run: str | None = None, force: bool = False, dry_run: bool = False
+           run: str | None = None, force: bool = False, dry_run: bool = False,
+           sets: Mapping[str, Sequence[str]] | None = None, seeds: int | None = None
            ) -> LaunchReport:
+    """Start one worker per variant (branches × `--set` values × seeds) on its host."""
     if not names:
         raise WtRunError("no branches given", "pass --branches NAME... (names under branches:)")
     dupes = sorted({n for n in names if list(names).count(n) > 1})
     if dupes:
         raise WtRunError(f"branch '{dupes[0]}' given twice", "name each branch once")
-    branches = [config.branch(n) for n in names]
+    variants = {v.name: v for v in expand(config, names, sets or {}, seeds)}
+    # Each variant as a branch entry of its own name and final vars, for placement.
+    branches = [replace(v.base, name=v.name, vars=v.vars) for v in variants.values()]
     placement = assign_hosts(config, branches, hosts)
+    names = list(variants)
     store = RunStore(config.state_dir)
     # The manifest lock is held only to read and write the manifest: status, stop, logs and
     # collect go on while this launch syncs code and prepares worktrees on its hosts.
@@ -260,8 +269,8 @@ def launch(config: Config, names: Sequence[str], *, hosts: Sequence[str] = (),
 
         def plan(host_name: str) -> list[WorkerRecord] | WtRunError:
             try:
-                return _plan_host(config, store, manifest, host_name, by_host[host_name],
-                                  force, dry_run)
+                return _plan_host(config, store, manifest, host_name,
+                                  [variants[b.name] for b in by_host[host_name]], force, dry_run)
             except WtRunError as exc:
                 return exc
 
@@ -324,26 +333,34 @@ def _refuse_live(config: Config, store: RunStore, manifest: RunManifest, names: 
 
 
 def _plan_host(config: Config, store: RunStore, manifest: RunManifest, host_name: str,
-               branches: Sequence[BranchConfig], force: bool, dry_run: bool
-               ) -> list[WorkerRecord]:
+               variants: Sequence[Variant], force: bool, dry_run: bool) -> list[WorkerRecord]:
     hc = config.host(host_name)
-    names = [b.name for b in branches]
+    names = [v.name for v in variants]
     gpus = assign_gpus(config, store, host_name, names, manifest.run)
-    prepared = prepare_host_worktrees(config, host_name, branches, force, dry_run)
+    # Variants of one branch entry share its worktree (git checks a branch out only once).
+    bases = list({v.base.name: v.base for v in variants}.values())
+    prepared = prepare_host_worktrees(config, host_name, bases, force, dry_run)
+    checkout = {b.name: (worktree, commit) for b, worktree, commit in prepared}
     layout = host_layout(config, hc, _remote_root(config, host_name))
     records = []
-    for b, worktree, commit in prepared:
-        worker_dir = layout.worker_dir(manifest.run, b.name)
-        values = {**b.vars, "name": b.name, "branch": b.branch, "out": f"{worker_dir}/out",
-                  "data": layout.data, "run": manifest.run, "worktree": worktree,
-                  "host": host_name}
-        command = render_command(config.commands[b.command], values,
-                                 f"commands.{b.command}")
-        previous = manifest.workers.get(b.name)
+    for v in variants:
+        worktree, commit = checkout[v.base.name]
+        worker_dir = layout.worker_dir(manifest.run, v.name)
+        previous = manifest.workers.get(v.name)
+        attempt = previous.attempt + 1 if previous else 1
+        values = {**v.vars, "name": v.name, "branch": v.base.branch,
+                  "out": f"{worker_dir}/out", "data": layout.data, "run": manifest.run,
+                  "worktree": worktree, "host": host_name, "attempt": str(attempt)}
+        if v.seed is not None:
+            values["seed"] = str(v.seed)
+        command = render_command(config.commands[v.base.command], values,
+                                 f"commands.{v.base.command}")
         records.append(WorkerRecord(
-            name=b.name, branch=b.branch, commit=commit, host=host_name, kind=b.command,
-            command=command, worktree=worktree, worker_dir=worker_dir,
-            attempt=previous.attempt + 1 if previous else 1, gpus=gpus[b.name]))
+            name=v.name, branch=v.base.branch, commit=commit, host=host_name,
+            kind=v.base.command, command=command, worktree=worktree, worker_dir=worker_dir,
+            attempt=attempt, gpus=gpus[v.name],
+            entry=v.base.name if v.base.name != v.name else None, vars=dict(v.vars),
+            seed=v.seed, group=v.group))
     return records
 
 
@@ -358,11 +375,13 @@ def _remote_root(config: Config, host_name: str) -> str | None:
 
 def worker_env(config: Config, rec: WorkerRecord, data: str) -> dict[str, str]:
     hc = config.host(rec.host)
-    b = config.branches.get(rec.name)
+    b = config.branches.get(rec.branch_entry)
     env = {**config.env, **hc.env, **(b.env if b else {})}
     env.update({"WT_RUN_OUT": rec.out, "WT_RUN_NAME": rec.name, "WT_RUN_BRANCH": rec.branch,
                 "WT_RUN_RUN": rec.worker_dir.rsplit("/", 3)[-3], "WT_RUN_DATA": data,
-                "WT_RUN_COMMIT": rec.commit})
+                "WT_RUN_COMMIT": rec.commit, "WT_RUN_ATTEMPT": str(rec.attempt)})
+    if rec.seed is not None:
+        env["WT_RUN_SEED"] = str(rec.seed)
     if rec.gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(rec.gpus)
     return env
@@ -500,6 +519,10 @@ def _observe_manifest(config: Config, store: RunStore, manifest: RunManifest) ->
             views.append(WorkerView(rec, cached))
             continue
         views.append(WorkerView(rec, obs))
+        if obs.env and rec.env is None:
+            rec = replace(rec, env=dict(obs.env))
+            if not obs.state.terminal:
+                changed.append(rec)
         if obs.state.terminal:
             changed.append(replace(rec, state=obs.state.value, exit_code=obs.exit_code,
                                    signal=obs.signal, pid=obs.pid, started_at=obs.started_at,

@@ -130,22 +130,30 @@ def generate(state: AppState, host: str | None, run: str | None, wait: bool, for
 @click.option("--force", is_flag=True,
               help="Relaunch workers that are still running (stops them first) and allow "
                    "dirty worktrees.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=V1,V2",
+              help="Sweep a template variable over values (repeatable): one worker per "
+                   "combination; overrides the branch's vars and matrix:.")
+@click.option("--seeds", type=click.IntRange(1, 1000), default=None, metavar="N",
+              help="Run each variant with seeds 0..N-1 ({seed}, WT_RUN_SEED).")
 @dry_run_option
 @click.argument("more", nargs=-1, metavar="[NAME]...")
 @pass_state
 def launch(state: AppState, branches: tuple[str, ...], hosts: tuple[str, ...], run: str | None,
-           wait: bool, force: bool, dry_run: bool, more: tuple[str, ...]) -> None:
-    """Create a worktree per branch and start one detached worker in each.
+           wait: bool, force: bool, sets: tuple[str, ...], seeds: int | None, dry_run: bool,
+           more: tuple[str, ...]) -> None:
+    """Create a worktree per branch and start one detached worker per variant.
 
     \b
     wt-run launch --branches i3d slowfast transformer magvit
     wt-run launch --branches slowfast --run 20260125-194400   # rerun one variant
     wt-run launch --branches a b c d --host gpu1 --host gpu2  # spread over hosts
+    wt-run launch --branches i3d slowfast --set lr=1e-3,3e-4 --seeds 3 --dry-run
     """
     from . import api
+    from .variants import parse_set_options
 
     report = api.launch(state.config, [*branches, *more], hosts=hosts, run=run, force=force,
-                        dry_run=dry_run)
+                        dry_run=dry_run, sets=parse_set_options(sets), seeds=seeds)
     _finish_launch(state, report, wait)
 
 

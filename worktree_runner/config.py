@@ -17,6 +17,7 @@ import yaml
 
 from .errors import ConfigError
 from .names import check_branch_name, check_worker_name
+from .variants import RetryPolicy, parse_matrix, parse_retry, parse_seeds
 
 CONFIG_NAMES = ("wt-run.yaml", "configs/wt-run.yaml")
 
@@ -25,17 +26,19 @@ BUILTIN_FIELDS = frozenset({"name", "branch", "out", "data", "run", "worktree", 
 
 TOP_KEYS = frozenset(
     {"repo", "worktrees", "base", "shared", "data", "default_host", "hosts", "branches",
-     "commands", "collect", "env", "stop_grace"}
+     "commands", "collect", "env", "stop_grace", "seeds", "matrix", "retry", "notify"}
 )
 HOST_KEYS = {
-    "local": frozenset({"type", "slots", "gpus", "env"}),
+    "local": frozenset({"type", "slots", "gpus", "env", "gpu_free_mib"}),
     "ssh": frozenset({"type", "address", "key", "root", "python", "gpus", "slots", "env",
+                      "gpu_free_mib",
                       "strict_host_key", "connect_timeout", "command_timeout", "setup"}),
     "slurm": frozenset({"type", "via", "root", "partition", "gres", "gpus", "cpus", "mem",
                         "time", "account", "qos", "sbatch_args", "signal", "requeue", "python",
                         "env", "array", "generate_tasks"}),
 }
-BRANCH_KEYS = frozenset({"branch", "vars", "command", "host", "env", "slurm"})
+BRANCH_KEYS = frozenset({"branch", "vars", "command", "host", "env", "slurm", "seeds", "matrix",
+                         "retry"})
 SLURM_OVERRIDE_KEYS = frozenset({"partition", "gres", "gpus", "cpus", "mem", "time", "account",
                                  "qos", "sbatch_args"})
 
@@ -59,6 +62,8 @@ class HostConfig:
     setup: tuple[str, ...] = ()
     via: str = ""
     slurm: Mapping[str, Any] = field(default_factory=dict)
+    # A GPU is free only while processes other than wt-run's own use less than this.
+    gpu_free_mib: float = 1024.0
 
     @property
     def capacity(self) -> int | None:
@@ -79,6 +84,9 @@ class BranchConfig:
     host: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     slurm: Mapping[str, Any] = field(default_factory=dict)
+    seeds: int | None = None
+    matrix: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    retry: RetryPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,14 @@ class Config:
     collect: tuple[str, ...]
     env: Mapping[str, str]
     stop_grace: float
+    seeds: int | None = None
+    matrix: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    notify: str = ""
+
+    def retry_for(self, branch: str) -> RetryPolicy:
+        b = self.branches.get(branch)
+        return b.retry if b is not None and b.retry is not None else self.retry
 
     @property
     def state_dir(self) -> Path:
@@ -223,7 +239,11 @@ def parse_config(raw: Any, path: Path) -> Config:
     stop_grace = p.number(root.get("stop_grace", 10), "stop_grace")
     config = Config(path=path, repo=repo, worktrees=worktrees, base=base, shared=shared,
                     data=data, default_host=default_host, hosts=hosts, branches=branches,
-                    commands=commands, collect=collect, env=env, stop_grace=stop_grace)
+                    commands=commands, collect=collect, env=env, stop_grace=stop_grace,
+                    seeds=parse_seeds(root.get("seeds"), f"{path}: seeds"),
+                    matrix=parse_matrix(root.get("matrix"), f"{path}: matrix"),
+                    retry=parse_retry(root.get("retry"), f"{path}: retry"),
+                    notify=p.string(root.get("notify", ""), "notify"))
     _check_templates(config)
     return config
 
@@ -248,6 +268,8 @@ def _parse_hosts(p: _Parser, raw: Any) -> dict[str, HostConfig]:
                               "write e.g. slots: 4")
         fields: dict[str, Any] = {"name": str(name), "type": kind, "gpus": gpus, "slots": slots,
                                   "env": p.env(spec.get("env", {}), f"{key}.env")}
+        if "gpu_free_mib" in spec:
+            fields["gpu_free_mib"] = p.number(spec["gpu_free_mib"], f"{key}.gpu_free_mib")
         if kind == "ssh":
             if "address" not in spec:
                 raise ConfigError(f"{p.path}: {key}.address is missing",
@@ -300,6 +322,10 @@ def _parse_branches(p: _Parser, raw: Any, hosts: Mapping[str, HostConfig]
             host=None if host is None else str(host),
             env=p.env(spec.get("env", {}), f"{key}.env"),
             slurm=dict(slurm),
+            seeds=parse_seeds(spec.get("seeds"), f"{p.path}: {key}.seeds"),
+            matrix=parse_matrix(spec.get("matrix"), f"{p.path}: {key}.matrix"),
+            retry=None if "retry" not in spec else parse_retry(spec["retry"],
+                                                               f"{p.path}: {key}.retry"),
         )
     return branches
 
@@ -331,14 +357,8 @@ def _check_templates(config: Config) -> None:
                 f"{config.path}: branches.{b.name}.command: no command '{b.command}' "
                 f"under commands:", f"add commands.{b.command} or set command: to one of "
                 f"{', '.join(sorted(config.commands)) or '(none defined)'}")
-        missing = template_fields(config.commands[b.command]) - BUILTIN_FIELDS - set(b.vars)
-        if missing:
-            field_name = sorted(missing)[0]
-            raise ConfigError(
-                f"{config.path}: commands.{b.command} uses {{{field_name}}}, which branch "
-                f"'{b.name}' does not define",
-                f"add {field_name}: under branches.{b.name}.vars, or use one of "
-                f"{', '.join(sorted(BUILTIN_FIELDS))}")
+        # Fields the branch does not define may still come from --set at launch time;
+        # render_command names any that are missing then.
 
 
 def _scalar(p: _Parser, value: Any, key: str) -> str:

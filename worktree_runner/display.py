@@ -120,7 +120,10 @@ def print_launch(report: LaunchReport, console: Console | None = None) -> None:
                           f"{rec.host}{gpu}", highlight=False)
     for host, err in errors.items():
         console.print(f"[bold red]Error:[/] host {host}: {err}", highlight=False)
-    if not report.dry_run:
+    if report.dry_run:
+        console.print(f"{len(report.planned)} worker(s); nothing was started", style="dim",
+                      highlight=False)
+    else:
         console.print(f"run {report.run}: `wt-run status` to watch, "
                       f"`wt-run logs NAME -f` to follow a log", style="dim", highlight=False)
 

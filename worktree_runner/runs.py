@@ -47,6 +47,15 @@ class WorkerRecord:
     scheduler_state: str | None = None  # Slurm's own word, kept next to ours
     reason: str | None = None
     collected_at: float | None = None
+    entry: str | None = None  # the `branches:` entry a sweep worker comes from
+    vars: Mapping[str, str] = field(default_factory=dict)  # final template values
+    seed: int | None = None
+    group: str | None = None  # shared by the seeds of one branch + vars
+    env: Mapping[str, Any] | None = None  # recorded at start (see hostside/envinfo.py)
+
+    @property
+    def branch_entry(self) -> str:
+        return self.entry or self.name
 
     @property
     def log(self) -> str:

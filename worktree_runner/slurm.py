@@ -357,7 +357,7 @@ def plan_submissions(config: Config, hc: HostConfig, records: Sequence[WorkerRec
             return _plan_sharded_generate(records[0], settings)
     groups: dict[SlurmSettings, list[WorkerRecord]] = {}
     for rec in records:
-        groups.setdefault(slurm_settings(config, hc, rec.name), []).append(rec)
+        groups.setdefault(slurm_settings(config, hc, rec.branch_entry), []).append(rec)
     subs: list[Submission] = []
     for g, (settings, recs) in enumerate(groups.items()):
         as_array = len(recs) >= (2 if settings.array else AUTO_ARRAY_MIN)

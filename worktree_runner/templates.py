@@ -18,7 +18,9 @@ def render_command(template: str, values: Mapping[str, str], where: str = "comma
             continue
         if fname not in values:
             raise ConfigError(f"{where} uses {{{fname}}}, which is not defined",
-                              f"define {fname} under the branch's vars:")
+                              "pass --seeds N" if fname == "seed" else
+                              f"define {fname} under the branch's vars: or matrix:, or pass "
+                              f"--set {fname}=VALUE")
         value = values[fname]
         if conv or spec:
             raise ConfigError(f"{where}: {{{fname}}} has a conversion or format spec",

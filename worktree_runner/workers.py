@@ -19,7 +19,7 @@ import json
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import HostUnreachable
@@ -32,6 +32,7 @@ q = shlex.quote
 # The host-side programs (see hostside/): shipped as text, run with the host's python3.
 WRAPPER = source("wrapper")
 PROBE = source("probe")
+ENVINFO = source("envinfo")
 # The first python3 (or python) on the host's PATH; scripts fail with exit 92 without one.
 FIND_PYTHON = ('PY=$(command -v python3 || command -v python) || '
                '{ echo "wt-run: no python3 on this host" >&2; exit 92; }\n')
@@ -86,6 +87,8 @@ class Observation:
     progress: Mapping[str, Any] | None = None
     host_time: float | None = None
     reason: str | None = None
+    env: Mapping[str, Any] | None = None  # what the worker ran with (env.json)
+    queue_position: int | None = None  # 0: next to start
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,10 @@ def command_script(spec: LaunchSpec) -> str:
     lines.append(f'export PYTHONPATH={q(spec.worktree)}"${{PYTHONPATH:+:$PYTHONPATH}}"')
     lines.append('if [ -x .venv/bin/python ]; then PATH="$PWD/.venv/bin:$PATH"; '
                  'VIRTUAL_ENV="$PWD/.venv"; export PATH VIRTUAL_ENV; fi')
+    # What else could make results differ (packages, GPU, dirty code, data), recorded with
+    # the worker's own python; never in the command's way.
+    lines.append(f'"$(command -v python || command -v python3)" -c {q(ENVINFO)} '
+                 f'{q(spec.worker_dir + "/env.json")} </dev/null >/dev/null 2>&1 || :')
     lines.append(exec_line(spec.command))
     return "\n".join(lines) + "\n"
 
@@ -215,6 +222,8 @@ def _files_from_probe(entry: Any) -> dict[str, Any]:
         files["stop"] = []
     if isinstance(entry.get("progress"), str):
         files["progress"] = entry["progress"]
+    if isinstance(entry.get("env"), str):
+        files["env"] = entry["env"]
     return files
 
 
@@ -281,7 +290,9 @@ def derive_state(files: Mapping[str, Any], boot: str, now: float | None) -> Obse
     """The state machine: a worker's state from what its files say right now. A file that
     makes no sense gives `unknown` with a reason naming it, never a guessed terminal state."""
     try:
-        return _derive_state(files, boot, now)
+        obs = _derive_state(files, boot, now)
+        env = _parse_progress(files.get("env"))
+        return replace(obs, env=env) if env else obs
     except _BadFile as bad:
         return Observation(WorkerState.UNKNOWN, host_time=now,
                            progress=_parse_progress(files.get("progress")),

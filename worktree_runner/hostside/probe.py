@@ -75,6 +75,7 @@ def worker(d):
     files["stop"] = os.path.lexists(os.path.join(d, "stop"))
     files["progress"], problems["progress"] = read_text(
         os.path.join(d, "out", "progress.json"), PROGRESS)
+    files["env"], _ = read_text(os.path.join(d, "env.json"), PROGRESS)
     files["problems"] = {k: v for k, v in problems.items() if v}
     return files
 

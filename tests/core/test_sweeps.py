@@ -1,0 +1,96 @@
+"""Sweeps: branches × --set values × seeds, their names, and what each worker records."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import WtRun, write_config
+
+ECHO = ("import json, os, sys\n"
+        "json.dump({'argv': sys.argv[1:], 'seed': os.environ.get('WT_RUN_SEED'),\n"
+        "           'attempt': os.environ.get('WT_RUN_ATTEMPT')},\n"
+        "          open(os.path.join(os.environ['WT_RUN_OUT'], 'seen.json'), 'w'))\n")
+
+
+def _wt(repo_factory, **cfg) -> WtRun:
+    repo = repo_factory(files={"echo.py": ECHO})
+    doc = {"branches": {"a": {"branch": "exp/a", "vars": {"lr": "0.1"}},
+                        "b": {"branch": "exp/b", "vars": {"lr": "0.1"}}},
+           "commands": {"train": "python echo.py {lr} {wd} {seed}"}, **cfg}
+    return WtRun(repo, write_config(repo, doc))
+
+
+def test_dry_run_lists_the_product_and_starts_nothing(repo_factory) -> None:
+    wt = _wt(repo_factory, matrix={"wd": [0]})
+    out = wt("launch", "--branches", "a", "b", "--set", "lr=1e-3,3e-4",
+             "--set", "wd=0,0.05", "--seeds", "3", "--dry-run").output
+    names = [line.split()[2] for line in out.splitlines() if line.startswith("Would launch")]
+    assert len(names) == 2 * 2 * 2 * 3 == len(set(names))
+    assert "a-wd0-lr1e-3-s2" in names and "b-wd0.05-lr3e-4-s0" in names
+    assert "24 worker(s)" in out
+    assert not (wt.repo / ".wt-run/runs").exists() or not any(
+        (wt.repo / ".wt-run/runs").iterdir())
+
+
+def test_sweep_runs_every_variant_with_its_values_seed_and_env(repo_factory) -> None:
+    wt = _wt(repo_factory)
+    wt("launch", "--branches", "a", "--set", "lr=1e-3,3e-4", "--set", "wd=0", "--seeds", "2",
+       "--wait")
+    run = wt.status()["run"]
+    workers = {w["name"]: w for w in wt.status()["workers"]}
+    assert set(workers) == {"a-lr1e-3-wd0-s0", "a-lr1e-3-wd0-s1", "a-lr3e-4-wd0-s0",
+                            "a-lr3e-4-wd0-s1"}
+    w = workers["a-lr3e-4-wd0-s1"]
+    assert (w["vars"], w["seed"], w["group"]) == ({"lr": "3e-4", "wd": "0"}, 1,
+                                                  "a-lr3e-4-wd0")
+    seen = json.loads(Path(w["out"], "seen.json").read_text())
+    assert seen == {"argv": ["3e-4", "0", "1"], "seed": "1", "attempt": "1"}
+    env = w["env"]
+    assert env["python"] and env["packages_hash"] and env["dirty"] is False
+    assert env["commit"] == w["commit"]
+    # Relaunching the sweep into the same run reuses the names (new attempts).
+    wt("launch", "--branches", "a", "--set", "lr=1e-3,3e-4", "--set", "wd=0", "--seeds", "2",
+       "--run", run, "--wait")
+    again = {w["name"]: w for w in wt.status(run)["workers"]}
+    assert set(again) == set(workers) and {w["attempt"] for w in again.values()} == {2}
+
+
+@pytest.mark.parametrize("value", ["it's", "a;touch PWNED", "$(touch PWNED)", "x/../y",
+                                   "`touch PWNED`", "a b"])
+def test_hostile_set_values_stay_data(repo_factory, value: str) -> None:
+    wt = _wt(repo_factory)
+    wt("launch", "--branches", "a", "--set", f"lr={value}", "--set", "wd=0", "--seeds", "1",
+       "--wait")
+    (w,) = wt.status()["workers"]
+    assert w["name"].startswith("a-lr") and "/" not in w["name"] and " " not in w["name"]
+    assert json.loads(Path(w["out"], "seen.json").read_text())["argv"][0] == value
+    assert w["vars"]["lr"] == value
+    assert not list(wt.repo.rglob("PWNED"))
+
+
+def test_bad_set_options_are_one_line_errors(repo_factory) -> None:
+    wt = _wt(repo_factory)
+    for opt, needle in [("lr", "is not KEY=V1,V2"), ("lr=", "empty value"),
+                        ("l r=1", "is not KEY=V1,V2")]:
+        out = wt("launch", "--branches", "a", "--set", opt, "--set", "wd=0", ok=False).output
+        assert needle in out and out.strip().count("\n") == 0, out
+    out = wt("launch", "--branches", "a", ok=False).output  # {wd} defined nowhere
+    assert "{wd}" in out and "--set wd=VALUE" in out
+
+
+def test_dirty_worktree_snapshot_is_recoverable(repo_factory) -> None:
+    wt = _wt(repo_factory)
+    wt("launch", "--branches", "a", "--set", "wd=0", "--seeds", "1", "--wait")
+    (w,) = wt.status()["workers"]
+    Path(w["worktree"], "echo.py").write_text(ECHO + "# local experiment\n")
+    wt("launch", "--branches", "a", "--set", "wd=0", "--seeds", "1", "--wait", "--force")
+    (w,) = wt.status()["workers"]
+    env = w["env"]
+    assert env["dirty"] is True and env["snapshot"]
+    shown = subprocess.run(["git", "-C", str(wt.repo), "show", f"{env['snapshot_ref']}:echo.py"],
+                           capture_output=True, text=True, check=True).stdout
+    assert shown.endswith("# local experiment\n")

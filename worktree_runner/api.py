@@ -14,23 +14,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from .config import BranchConfig, Config
+from .config import BranchConfig, Config, HostConfig
 from .errors import HostUnreachable, WtRunError
 from .hosts import open_host
 from .layout import host_layout
+from .observe import eta_seconds, progress_fraction, query_workers
 from .runs import RunManifest, RunStore, WorkerRecord, group_by_host
+from .states import NEVER_STARTED, HostHealth, Observation, WorkerState
 from .templates import render_command
 from .variants import Variant, expand
 from .workers import (
-    NEVER_STARTED,
-    HostHealth,
     LaunchSpec,
-    Observation,
-    WorkerState,
-    eta_seconds,
+    QueueSettings,
     log_script,
-    progress_fraction,
-    query_workers,
+    resume_script,
     start_workers,
     stop_workers,
 )
@@ -62,8 +59,9 @@ class WorkerView:
             "exit_code": o.exit_code, "signal": o.signal,
             "started_at": _iso(o.started_at or r.started_at),
             "ended_at": _iso(o.ended_at or r.ended_at),
-            "worktree": r.worktree, "log": r.log, "out": r.out, "attempt": r.attempt,
-            "command": r.command, "gpus": list(r.gpus), "job_id": r.job_id,
+            "worktree": r.worktree, "log": r.log, "out": r.out,
+            "attempt": max(o.attempt or 0, r.attempt), "max_attempts": r.retry_max + 1,
+            "command": r.command, "gpus": list(o.gpus or r.gpus), "job_id": r.job_id,
             "scheduler_state": getattr(o, "scheduler_state", r.scheduler_state),
             "reason": o.reason,
             "progress": progress,
@@ -185,7 +183,9 @@ def assign_gpus(config: Config, store: RunStore, host: str, names: Sequence[str]
                 run: str) -> dict[str, tuple[str, ...]]:
     hc = config.host(host)
     capacity = hc.capacity
-    if hc.type == "slurm" or capacity is None:
+    if hc.type == "slurm" or capacity is None or queue_settings(hc) is not None:
+        # Slurm queues by itself; a host with slots or GPUs queues its workers and picks
+        # GPUs when each one starts.
         return {n: () for n in names}
     busy = _busy_gpus(config, store, host, run, set(names)) if hc.gpus else set()
     free = [g for g in hc.gpus if g not in busy] if hc.gpus else []
@@ -350,7 +350,7 @@ def _plan_host(config: Config, store: RunStore, manifest: RunManifest, host_name
         attempt = previous.attempt + 1 if previous else 1
         values = {**v.vars, "name": v.name, "branch": v.base.branch,
                   "out": f"{worker_dir}/out", "data": layout.data, "run": manifest.run,
-                  "worktree": worktree, "host": host_name, "attempt": str(attempt)}
+                  "worktree": worktree, "host": host_name}
         if v.seed is not None:
             values["seed"] = str(v.seed)
         command = render_command(config.commands[v.base.command], values,
@@ -358,7 +358,7 @@ def _plan_host(config: Config, store: RunStore, manifest: RunManifest, host_name
         records.append(WorkerRecord(
             name=v.name, branch=v.base.branch, commit=commit, host=host_name,
             kind=v.base.command, command=command, worktree=worktree, worker_dir=worker_dir,
-            attempt=attempt, gpus=gpus[v.name],
+            attempt=attempt, gpus=gpus[v.name], retry_max=config.retry_for(v.base.name).max,
             entry=v.base.name if v.base.name != v.name else None, vars=dict(v.vars),
             seed=v.seed, group=v.group))
     return records
@@ -387,6 +387,20 @@ def worker_env(config: Config, rec: WorkerRecord, data: str) -> dict[str, str]:
     return env
 
 
+def queue_settings(hc: HostConfig) -> QueueSettings | None:
+    """A shell host with slots or GPUs queues its workers; others start them at once."""
+    if hc.type == "slurm" or hc.capacity is None:
+        return None
+    return QueueSettings(hc.slots if not hc.gpus else None, hc.gpus, hc.gpu_free_mib)
+
+
+def _meta(config: Config, hc: HostConfig, rec: WorkerRecord) -> dict[str, Any]:
+    policy = config.retry_for(rec.branch_entry)
+    return {"name": rec.name, "run": rec.worker_dir.rsplit("/", 3)[-3], "notify": config.notify,
+            "retry": {"max": policy.max, "on": list(policy.on)}, "grace": config.stop_grace,
+            "gpu": bool(hc.gpus)}
+
+
 def _start_host(config: Config, host_name: str, records: Sequence[WorkerRecord]
                 ) -> tuple[HostOutcome, list[WorkerRecord]]:
     hc = config.host(host_name)
@@ -400,9 +414,10 @@ def _start_host(config: Config, host_name: str, records: Sequence[WorkerRecord]
     with open_host(config, host_name) as host:
         layout = host_layout(config, hc, host.root if hc.type != "local" else None)
         specs = [LaunchSpec(r.name, r.worker_dir, r.worktree, r.command,
-                            worker_env(config, r, layout.data)) for r in records]
+                            worker_env(config, r, layout.data), _meta(config, hc, r))
+                 for r in records]
         try:
-            started = start_workers(host, specs, config.stop_grace)
+            started = start_workers(host, specs, config.stop_grace, queue_settings(hc))
         except HostUnreachable as exc:
             if not getattr(exc, "maybe_ran", False):
                 raise
@@ -525,6 +540,8 @@ def _observe_manifest(config: Config, store: RunStore, manifest: RunManifest) ->
                 changed.append(rec)
         if obs.state.terminal:
             changed.append(replace(rec, state=obs.state.value, exit_code=obs.exit_code,
+                                   attempt=max(rec.attempt, obs.attempt or 0),
+                                   gpus=obs.gpus or rec.gpus,
                                    signal=obs.signal, pid=obs.pid, started_at=obs.started_at,
                                    ended_at=obs.ended_at, reason=obs.reason,
                                    scheduler_state=getattr(obs, "scheduler_state",
@@ -612,3 +629,27 @@ def logs(config: Config, name: str, *, run: str | None = None, follow: bool = Fa
             out.write(result.check().stdout)
             return 0
         return host.stream_script(log_script(path, lines, True), out)
+
+
+# ---------------------------------------------------------------- queue
+
+def resume(config: Config, hosts: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """Start the queue drainer on each queueing host (all of them by default): after a reboot
+    queued workers wait with nothing draining them. Returns (host, what happened)."""
+    names = list(hosts) or [h.name for h in config.hosts.values() if queue_settings(h)]
+    for h in names:
+        config.host(h)
+
+    def kick(host_name: str) -> tuple[str, str]:
+        hc = config.host(host_name)
+        if queue_settings(hc) is None:
+            return host_name, "has no queue (no slots: or gpus:)"
+        try:
+            with open_host(config, host_name) as host:
+                out = host.run_script(resume_script(host.root)).check().stdout.split()
+        except HostUnreachable as exc:
+            return host_name, f"unreachable: {exc.reason}"
+        waiting = out[-1] if out and out[-1].isdigit() else "0"
+        return host_name, f"queue drainer started ({waiting} waiting)"
+
+    return parallel_map(kick, names)

@@ -97,6 +97,21 @@ def setup(state: AppState, host: str, dry_run: bool) -> None:
         click.echo(line)
 
 
+@cli.command()
+@click.option("--host", "hosts", multiple=True, metavar="H",
+              help="Host(s) whose queue to resume (default: every host with slots: or gpus:).")
+@pass_state
+def resume(state: AppState, hosts: tuple[str, ...]) -> None:
+    """Get queued workers going again after a host rebooted (restarts its queue drainer).
+
+    Queued workers survive a reboot as files on the host; `wt-run status` says when nothing
+    drains them. Idempotent: a running drainer is left alone."""
+    from . import api
+
+    for host, what in api.resume(state.config, hosts):
+        click.echo(f"{host}: {what}")
+
+
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--host", "host", metavar="H", help="Host to generate on (default: default_host).")
 @run_option

@@ -62,8 +62,9 @@ from typing import IO, Any
 from .config import Config
 from .errors import HostUnreachable, WtRunError
 from .hosts import Host, LocalHost, open_host
+from .observe import query_workers
 from .runs import RunStore, WorkerRecord, atomic_write_text, group_by_host
-from .workers import Observation, WorkerState, query_workers
+from .states import Observation, WorkerState
 
 CHUNK = 1 << 20
 # Receiving: a buffer that stays in the CPU cache between the pipe read and the file write.

@@ -357,8 +357,17 @@ def _check_templates(config: Config) -> None:
                 f"{config.path}: branches.{b.name}.command: no command '{b.command}' "
                 f"under commands:", f"add commands.{b.command} or set command: to one of "
                 f"{', '.join(sorted(config.commands)) or '(none defined)'}")
-        # Fields the branch does not define may still come from --set at launch time;
-        # render_command names any that are missing then.
+        # Every field needs a value in the config (`--set` overrides it at launch); {seed}
+        # comes from seeds: or --seeds.
+        given = {*BUILTIN_FIELDS, *b.vars, *config.matrix, *b.matrix, "seed"}
+        missing = template_fields(config.commands[b.command]) - given
+        if missing:
+            field_name = sorted(missing)[0]
+            raise ConfigError(
+                f"{config.path}: commands.{b.command} uses {{{field_name}}}, which branch "
+                f"'{b.name}' does not define",
+                f"add {field_name}: under branches.{b.name}.vars or matrix:, or use one of "
+                f"{', '.join(sorted(BUILTIN_FIELDS))}")
 
 
 def _scalar(p: _Parser, value: Any, key: str) -> str:

@@ -10,7 +10,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .api import LaunchReport, StatusReport, StopOutcome
-from .workers import WorkerState, eta_seconds, progress_fraction
+from .observe import eta_seconds, progress_fraction
+from .states import WorkerState
 
 STATE_STYLE = {
     WorkerState.PENDING: "yellow", WorkerState.RUNNING: "cyan",

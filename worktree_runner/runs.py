@@ -52,6 +52,7 @@ class WorkerRecord:
     seed: int | None = None
     group: str | None = None  # shared by the seeds of one branch + vars
     env: Mapping[str, Any] | None = None  # recorded at start (see hostside/envinfo.py)
+    retry_max: int = 0  # retries its policy allows (attempt k of retry_max + 1)
 
     @property
     def branch_entry(self) -> str:

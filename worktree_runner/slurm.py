@@ -29,22 +29,17 @@ from typing import Any
 from .config import Config, HostConfig
 from .errors import ConfigError, HostUnreachable
 from .hosts import Host, LocalHost
-from .runs import WorkerRecord
-from .workers import (
+from .observe import (
     FIND_PYTHON,
-    NEVER_STARTED,
-    HostHealth,
-    LaunchSpec,
-    Observation,
     StatusOutputError,
-    WorkerState,
-    command_script,
     derive_state,
-    install_wrapper_script,
     parse_status,
     read_probe_output,
     status_script,
 )
+from .runs import WorkerRecord
+from .states import NEVER_STARTED, HostHealth, Observation, WorkerState
+from .workers import LaunchSpec, command_script, install_wrapper_script
 
 q = shlex.quote
 

@@ -45,6 +45,9 @@ class Variant:
 def parse_retry(raw: Any, where: str) -> RetryPolicy:
     if raw is None:
         return RetryPolicy()
+    if isinstance(raw, dict) and True in raw:
+        # YAML 1.1 reads a bare `on:` key as the boolean true.
+        raw = {("on" if k is True else k): v for k, v in raw.items()}
     if not isinstance(raw, dict) or set(raw) - {"max", "on"}:
         raise ConfigError(f"{where} must be a mapping with max: and on:",
                           "write e.g. retry: {max: 2, on: [oom, lost]}")

@@ -145,7 +145,7 @@ def test_generation_started_by_a_killed_generate_is_tracked(repo_factory) -> Non
 
 def test_slurm_worker_never_submitted_reads_lost() -> None:
     from worktree_runner.slurm import combine
-    from worktree_runner.workers import Observation, WorkerState
+    from worktree_runner.states import Observation, WorkerState
 
     # Recorded by a launch killed before sbatch: no job id, and no worker dir (made before
     # sbatch). Not `unknown` forever, which would block `clean --run`.
@@ -309,7 +309,8 @@ def test_worker_ending_between_status_reads_is_not_seen_lost(tmp_path: Path) -> 
     """The wrapper records itself, runs and exits while a status probe reads its files: here
     it happens exactly when the probe checks whether the spawned wrapper is alive (the probe's
     liveness check is replaced by one that does the wrapper's writes, then says 'gone')."""
-    from worktree_runner.workers import WorkerState, parse_status, status_script
+    from worktree_runner.observe import parse_status, status_script
+    from worktree_runner.states import WorkerState
 
     d = tmp_path / "w"
     d.mkdir()

@@ -201,7 +201,8 @@ def test_two_concurrent_launches_keep_both_in_manifest(repo_factory) -> None:
 
 def test_pending_worker_stopped_before_start_never_runs(repo_factory, tmp_path: Path) -> None:
     """A stop marker written before the wrapper records itself prevents the command."""
-    from worktree_runner.workers import WorkerState, derive_state
+    from worktree_runner.observe import derive_state
+    from worktree_runner.states import WorkerState
 
     obs = derive_state({"spawn": ["123", "0"], "stop": []}, "boot", None)
     assert obs.state == WorkerState.STOPPED
@@ -215,7 +216,7 @@ def test_pending_worker_stopped_before_start_never_runs(repo_factory, tmp_path: 
     ("0", "succeeded", 0, None), ("2", "failed", 2, None), ("137", "killed", None, 9),
     ("143", "killed", None, 15)])
 def test_exit_record_maps_to_state(status, state, code, sig) -> None:
-    from worktree_runner.workers import derive_state
+    from worktree_runner.observe import derive_state
 
     obs = derive_state({"exit": [status, "10"], "pid": ["5", "1", "b", "1"]}, "b", 20.0)
     assert (obs.state.value, obs.exit_code, obs.signal) == (state, code, sig)

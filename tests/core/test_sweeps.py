@@ -18,8 +18,8 @@ ECHO = ("import json, os, sys\n"
 
 def _wt(repo_factory, **cfg) -> WtRun:
     repo = repo_factory(files={"echo.py": ECHO})
-    doc = {"branches": {"a": {"branch": "exp/a", "vars": {"lr": "0.1"}},
-                        "b": {"branch": "exp/b", "vars": {"lr": "0.1"}}},
+    doc = {"branches": {"a": {"branch": "exp/a", "vars": {"lr": "0.1", "wd": "0"}},
+                        "b": {"branch": "exp/b", "vars": {"lr": "0.1", "wd": "0"}}},
            "commands": {"train": "python echo.py {lr} {wd} {seed}"}, **cfg}
     return WtRun(repo, write_config(repo, doc))
 
@@ -78,8 +78,8 @@ def test_bad_set_options_are_one_line_errors(repo_factory) -> None:
                         ("l r=1", "is not KEY=V1,V2")]:
         out = wt("launch", "--branches", "a", "--set", opt, "--set", "wd=0", ok=False).output
         assert needle in out and out.strip().count("\n") == 0, out
-    out = wt("launch", "--branches", "a", ok=False).output  # {wd} defined nowhere
-    assert "{wd}" in out and "--set wd=VALUE" in out
+    out = wt("launch", "--branches", "a", ok=False).output  # no --seeds for {seed}
+    assert "{seed}" in out and "--seeds N" in out
 
 
 def test_dirty_worktree_snapshot_is_recoverable(repo_factory) -> None:

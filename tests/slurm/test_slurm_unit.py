@@ -21,7 +21,7 @@ from worktree_runner.slurm import (
     plan_submissions,
     slurm_settings,
 )
-from worktree_runner.workers import Observation, WorkerState
+from worktree_runner.states import Observation, WorkerState
 
 GOLDEN = Path(__file__).parent / "golden" / "batch_scripts.txt"
 ROOT = "/scratch/it's %j $HOME"

@@ -76,6 +76,8 @@ def worker(d):
     files["progress"], problems["progress"] = read_text(
         os.path.join(d, "out", "progress.json"), PROGRESS)
     files["env"], _ = read_text(os.path.join(d, "env.json"), PROGRESS)
+    for name in ("queued", "attempt", "gpus"):
+        files[name], _ = read_text(os.path.join(d, name), SMALL)
     files["problems"] = {k: v for k, v in problems.items() if v}
     return files
 
@@ -128,8 +130,24 @@ def health(root):
     return doc
 
 
+def queue(root):
+    """The host's queue: waiting entries in order, and whether a drainer works on them."""
+    qdir = os.path.join(root, "queue")
+    try:
+        waiting = sorted(n for n in os.listdir(os.path.join(qdir, "entries"))
+                         if not n.startswith(".") and ".tmp" not in n)
+    except OSError:
+        waiting = []
+    text, _ = read_text(os.path.join(qdir, "drainer.pid"), SMALL)
+    fields = (text or "").split()
+    pid = leading_int(text or "")
+    running = bool(pid and len(fields) > 1 and start_ticks(pid) == fields[1])
+    return {"waiting": waiting, "drainer": running}
+
+
 def main(argv):
     doc = health(argv[1])
+    doc["queue"] = queue(argv[1])
     doc["workers"] = [worker(d) for d in argv[2:]]
     sys.stdout.write("wtjson " + json.dumps(doc) + "\n")
 

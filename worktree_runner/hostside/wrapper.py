@@ -5,6 +5,7 @@
 # KILL) before writing `exit` as "<value> <epoch> <how>": how is `exit` (value = exit code),
 # `signal` (value = signal number, from the wait status) or `never` (stopped before starting).
 # Every file is written by rename, so a reader never sees a torn one.
+import json
 import os
 import signal
 import subprocess
@@ -110,6 +111,7 @@ def main():
     if os.path.exists(os.path.join(WORKER_DIR, "stop")) or state["forwarded"]:
         write("exit", "0 %d never\n" % int(time.time()))
         return 143
+    ooms_before = oom_kills()
     child = subprocess.Popen(["sh", os.path.join(WORKER_DIR, "cmd.sh")])
     state["child"] = child
     if state["forwarded"]:
@@ -136,8 +138,115 @@ def main():
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-    write("exit", "%d %d %s\n" % (value, int(time.time()), how))
+    record = "%d %d %s\n" % (value, int(time.time()), how)
+    if not retried(how, value, ooms_before, record):
+        write("exit", record)
+        notify(how, value, ooms_before)
     return 128 + value if how == "signal" else value
+
+
+def oom_kills():
+    """The kernel's count of OOM kills so far (/proc/vmstat), or None."""
+    try:
+        with open("/proc/vmstat") as fh:
+            for line in fh:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+OOM_MARKS = (b"CUDA out of memory", b"OutOfMemoryError", b"CUBLAS_STATUS_ALLOC_FAILED")
+
+
+def end_reason(how, value, ooms_before):
+    """Why the command ended, in retry words: oom, killed, failed (None: it succeeded)."""
+    try:
+        with open(os.path.join(WORKER_DIR, "log"), "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - 65536))
+            tail = fh.read()
+    except OSError:
+        tail = b""
+    if how == "exit" and value == 0:
+        return None
+    if any(mark in tail for mark in OOM_MARKS):
+        return "oom"
+    if how == "signal" and value == signal.SIGKILL:
+        now = oom_kills()
+        if ooms_before is not None and now is not None and now > ooms_before:
+            return "oom"
+    return "killed" if how == "signal" else "failed"
+
+
+def may_retry(meta, reason):
+    """Whether meta.json's retry policy reruns this worker after `reason`."""
+    retry = meta.get("retry") or {}
+    try:
+        with open(os.path.join(WORKER_DIR, "attempt")) as fh:
+            attempt = int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        attempt = 1
+    return reason in (retry.get("on") or []) and attempt <= int(retry.get("max") or 0)
+
+
+def read_meta():
+    try:
+        with open(os.path.join(WORKER_DIR, "meta.json")) as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def retried(how, value, ooms_before, record):
+    """Back into the host's queue as the next attempt when the retry policy says so. The
+    ended attempt's exit record goes straight to its shelf (attempts/<n>/), so no status
+    ever sees this worker in a terminal state it is about to leave."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    drainer = os.path.join(root, "drainer.py")
+    if os.path.exists(os.path.join(WORKER_DIR, "stop")) or not os.path.exists(drainer):
+        return False
+    reason = end_reason(how, value, ooms_before)
+    if reason is None or not may_retry(read_meta(), reason):
+        return False
+    print("wt-run: attempt ended (%s); retrying" % reason, flush=True)
+    out = subprocess.run([sys.executable, drainer, root, "--requeue", WORKER_DIR],
+                         stdout=subprocess.PIPE, check=False)
+    shelf = None
+    for line in out.stdout.decode("utf-8", "replace").splitlines():
+        if line.startswith("shelf "):
+            shelf = line[6:]
+    if out.returncode != 0 or shelf is None:
+        return False
+    with open(os.path.join(shelf, "exit"), "w") as fh:
+        fh.write(record)
+    subprocess.Popen([sys.executable, drainer, root], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True, close_fds=True)
+    return True
+
+
+def notify(how, value, ooms_before):
+    """Run the config's `notify` command on the host once the worker has ended for good; a
+    failing notify never changes the worker's state."""
+    meta = read_meta()
+    command = meta.get("notify")
+    if not command:
+        return
+    stopped = os.path.exists(os.path.join(WORKER_DIR, "stop"))
+    state = ("stopped" if stopped else "succeeded" if how == "exit" and value == 0 else
+             "killed" if how == "signal" else "failed")
+    env = dict(os.environ, WT_RUN_NAME=str(meta.get("name", "")),
+               WT_RUN_RUN=str(meta.get("run", "")), WT_RUN_STATE=state,
+               WT_RUN_EXIT_CODE="" if how == "signal" else str(value))
+    try:
+        subprocess.run(["sh", "-c", command], env=env, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120,
+                       check=False)
+    except (OSError, subprocess.SubprocessError):
+        pass
 
 
 if __name__ == "__main__":

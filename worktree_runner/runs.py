@@ -46,6 +46,13 @@ class WorkerRecord:
     scheduler_state: str | None = None  # Slurm's own word, kept next to ours
     reason: str | None = None
     collected_at: float | None = None
+    # Sweeps: the final template values, the seed (None when none) and the group shared by
+    # every seed of one branch + vars; `env` is what the worker recorded at start (host, gpu,
+    # driver, python, torch, numpy, packages_hash, dirty, snapshot, data_fingerprint).
+    vars: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    group: str | None = None
+    env: dict[str, Any] = field(default_factory=dict)
 
     @property
     def log(self) -> str:
@@ -59,7 +66,9 @@ class WorkerRecord:
     def from_json(cls, raw: dict[str, Any]) -> WorkerRecord:
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in raw.items() if k in known}
-        data["gpus"] = tuple(data.get("gpus", ()))
+        data["gpus"] = tuple(data.get("gpus") or ())
+        for key in ("vars", "env"):
+            data[key] = dict(data[key]) if isinstance(data.get(key), dict) else {}
         return cls(**data)
 
 

@@ -63,7 +63,7 @@ class _Worker(Protocol):
 
 def code_diffs(repo_path: Path, base: str, workers: Sequence[_Worker]) -> dict[str, CodeDiff]:
     """Key -> diff: one per git branch (its newest commit in the run) against `base`, and one
-    per snapshot of uncommitted code (key `snapshot:<worker>`) against the worker's commit.
+    per snapshot of uncommitted code (key `snapshot:<sha>`) against its workers' commit.
     Empty when the repository cannot be opened here."""
     import git
 
@@ -77,12 +77,16 @@ def code_diffs(repo_path: Path, base: str, workers: Sequence[_Worker]) -> dict[s
         if ref and w.branch not in out:
             label = f"{w.branch} ({w.commit[:8]})" if w.commit else w.branch
             out[w.branch] = _diff(repo, f"{label} against {base}", f"{base}...{ref}")
+    snapshots: dict[str, list[_Worker]] = {}
     for w in workers:
         snap = w.env.get("snapshot") if w.env.get("dirty") else None
         if isinstance(snap, str) and snap and w.commit:
-            out[f"snapshot:{w.name}"] = _diff(
-                repo, f"{w.name}: uncommitted changes (snapshot {snap[:10]}) against "
-                      f"{w.commit[:8]}", w.commit, snap)
+            snapshots.setdefault(snap, []).append(w)
+    for snap, ws in snapshots.items():
+        names = ", ".join(w.name for w in ws[:4]) + (f" (+{len(ws) - 4})" if len(ws) > 4 else "")
+        out[f"snapshot:{snap}"] = _diff(
+            repo, f"{names}: uncommitted changes (snapshot {snap[:10]}) against "
+                  f"{ws[0].commit[:8]}", ws[0].commit, snap)
     return out
 
 

@@ -104,9 +104,10 @@ def within(name: str, members: Sequence[BranchResult]) -> list[Confounder]:
 
 
 def between(groups: Mapping[str, Sequence[BranchResult]]) -> list[Confounder]:
-    """Differences between groups other than their branch and vars: when each group holds a
-    different set of values of a check, the comparison is not like with like. The commit is
-    left out (branches differ in code on purpose)."""
+    """Differences between groups other than their branch and vars: when two groups share no
+    value of a check (all of one on A100s, all of the other on H100s), the comparison is not
+    like with like. A mix inside a group is `within`'s to flag. The commit is left out
+    (branches differ in code on purpose)."""
     found = []
     for key, label, read in CHECKS:
         if key == "commit":
@@ -117,7 +118,8 @@ def between(groups: Mapping[str, Sequence[BranchResult]]) -> list[Confounder]:
             values = frozenset(_label(v) for b in counted if (v := read(b)) is not None)
             if values:
                 per_group[name] = values
-        if len(per_group) > 1 and len(set(per_group.values())) > 1:
+        sets = list(per_group.values())
+        if any(not (x & y) for i, x in enumerate(sets) for y in sets[i + 1:]):
             detail = "; ".join(f"{n}: {', '.join(_short(v) for v in sorted(vs))}"
                                for n, vs in per_group.items())
             found.append(Confounder("", key, f"{label} differs between groups — {detail}"))

@@ -20,8 +20,8 @@ from .compare import Comparison
 from .compare_code import differing_vars
 from .compare_tables import ReportTable, build_group_table, build_table, fmt_number, fmt_stat
 
-MAIN_METRICS = 6  # metric columns in the main tables; the rest fold by family
-FAMILY_COLUMNS = 6  # metric columns per folded table
+MAIN_METRICS = 5  # metric columns in the main tables; the rest fold by family
+FAMILY_COLUMNS = 5  # metric columns per folded table
 _LEFT = frozenset({"name", "group", "state", "commit", "host", "note"})
 ENV_KEYS = (("host", "host"), ("gpu", "GPU"), ("driver", "driver"), ("python", "python"),
             ("torch", "torch"), ("numpy", "numpy"), ("packages_hash", "packages"),
@@ -35,8 +35,8 @@ h1{font-size:22px;margin:4px 0}h2{font-size:18px;margin:22px 0 8px;border-bottom
 table{border-collapse:collapse;margin:8px 0;font-size:13px;max-width:100%}
 th,td{border:1px solid #d4d4d4;padding:3px 7px;text-align:right;vertical-align:top;
 overflow-wrap:anywhere}
-th{background:#f3f3f3;font-weight:600}td.l,th.l{text-align:left}
-td.best{font-weight:bold;background:#dff5df}
+th{background:#f3f3f3;font-weight:600;overflow-wrap:normal}td.l,th.l{text-align:left}
+td.best{font-weight:bold;background:#dff5df}td.num{white-space:nowrap}
 .state-failed,.state-killed,.state-lost{color:#b00}.state-running{color:#06c}
 .sig{color:#070;font-weight:600}.nosig{color:#a60;font-weight:600}.untested{color:#666}
 .warn{background:#fff6e0;border-left:4px solid #e0a000;padding:6px 10px;margin:8px 0}
@@ -46,7 +46,8 @@ td.best{font-weight:bold;background:#dff5df}
 details{margin:6px 0}summary{cursor:pointer;font-weight:600}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:12px}
 figure{margin:0;border:1px solid #e4e4e4;padding:6px;background:#fff}
-figure img{width:100%;height:auto;display:block}figcaption{font-size:12px;color:#555}
+figure.wide{grid-column:1/-1}figure img{max-width:100%;height:auto;display:block}
+figcaption{font-size:12px;color:#555}
 pre{background:#f7f7f7;padding:8px;overflow:auto;max-height:480px;font-size:12px;
 white-space:pre}
 .add{color:#060}.del{color:#a00}.hunk{color:#07a}"""
@@ -64,7 +65,7 @@ def _table(table: ReportTable, table_id: str = "", caption: str = "") -> str:
     for row in table.rows:
         tds = []
         for col, cell in zip(table.columns, row):
-            cls = [c for c in ("l" if col.key in _LEFT else "", "best" if cell.best else "",
+            cls = [c for c in ("l" if col.key in _LEFT else "num", "best" if cell.best else "",
                                f"state-{cell.text}" if col.key == "state" else "") if c]
             tds.append(f"<td class='{_e(' '.join(cls))}'>{_e(cell.text)}</td>")
         rows.append("<tr>" + "".join(tds) + "</tr>")
@@ -82,27 +83,41 @@ def families(metrics: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
+def _winner_rows(cmp: Comparison, metrics: Sequence[str]) -> str:
+    rows = []
+    for m in metrics:
+        w = cmp.winners.get(m)
+        if w is None:
+            continue
+        sig = w.lead.significant if w.lead else None
+        cls = "sig" if sig else "nosig" if sig is False else "untested"
+        runner = w.runner_stat
+        rows.append(
+            f"<tr><td class='l'>{_e(m)} {'↓' if w.how == 'min' else '↑'}</td>"
+            f"<td class='l'>{_e(w.best)}</td>"
+            f"<td>{_e(fmt_stat(w.best_stat.mean, w.best_stat.ci95))} (n={w.best_stat.n})</td>"
+            f"<td class='l'>{_e(w.runner_up or '—')}</td>"
+            f"<td>{_e(fmt_stat(runner.mean, runner.ci95) if runner else '—')}"
+            f"{f' (n={runner.n})' if runner else ''}</td>"
+            f"<td>{_e(fmt_number(w.lead.lead) if w.lead else '—')}</td>"
+            f"<td class='l {cls}'>{_e(w.verdict)}</td></tr>")
+    head = ("<thead><tr><th class='l'>metric</th><th class='l'>winner</th><th>mean ± 95% CI"
+            "</th><th class='l'>runner-up</th><th>mean ± 95% CI</th><th>lead</th>"
+            "<th class='l'>verdict</th></tr></thead>")
+    return f"{head}<tbody>{''.join(rows)}</tbody>"
+
+
 def _summary(cmp: Comparison) -> list[str]:
     parts = ["<section id='summary'><h2>Summary</h2>"]
-    if cmp.winners:
-        parts.append("<div class='scroll'><table id='winners'><thead><tr>"
-                     "<th class='l'>metric</th><th class='l'>winner</th><th>mean ± 95% CI</th>"
-                     "<th class='l'>runner-up</th><th>mean ± 95% CI</th><th>lead</th>"
-                     "<th class='l'>verdict</th></tr></thead><tbody>")
-        for m, w in cmp.winners.items():
-            sig = w.lead.significant if w.lead else None
-            cls = "sig" if sig else "nosig" if sig is False else "untested"
-            runner = w.runner_stat
-            parts.append(
-                f"<tr><td class='l'>{_e(m)} {'↓' if w.how == 'min' else '↑'}</td>"
-                f"<td class='l'>{_e(w.best)}</td>"
-                f"<td>{_e(fmt_stat(w.best_stat.mean, w.best_stat.ci95))} "
-                f"(n={w.best_stat.n})</td><td class='l'>{_e(w.runner_up or '—')}</td>"
-                f"<td>{_e(fmt_stat(runner.mean, runner.ci95) if runner else '—')}"
-                f"{f' (n={runner.n})' if runner else ''}</td>"
-                f"<td>{_e(fmt_number(w.lead.lead) if w.lead else '—')}</td>"
-                f"<td class='l {cls}'>{_e(w.verdict)}</td></tr>")
-        parts.append("</tbody></table></div>")
+    ranked = [m for m in cmp.metrics if m in cmp.winners]
+    if ranked:
+        main, rest = ranked[:MAIN_METRICS], ranked[MAIN_METRICS:]
+        parts.append(f"<div class='scroll'><table id='winners'>{_winner_rows(cmp, main)}"
+                     "</table></div>")
+        if rest:
+            parts.append(f"<details><summary>Winners of {len(rest)} more metrics</summary>"
+                         f"<div class='scroll'><table>{_winner_rows(cmp, rest)}</table></div>"
+                         "</details>")
     else:
         parts.append("<p>No metric with a known direction to rank groups by.</p>")
     short = [g for g in cmp.groups if g.shortfall()]
@@ -140,7 +155,8 @@ def _results(cmp: Comparison) -> list[str]:
              table(main, "groups" if grouped else "comparison")]
     for fam, metrics in families(rest).items():
         chunks = [metrics[i:i + FAMILY_COLUMNS] for i in range(0, len(metrics), FAMILY_COLUMNS)]
-        parts.append(f"<details class='family'><summary>{_e(fam)}… ({len(metrics)} metrics)"
+        label = f"{fam}/…" if metrics[0].startswith(fam + "/") else f"{fam}_…"
+        parts.append(f"<details class='family'><summary>{_e(label)} ({len(metrics)} metrics)"
                      "</summary>" + "".join(table(c) for c in chunks) + "</details>")
     if grouped:
         parts.append(f"<details><summary>Per worker ({len(cmp.branches)})</summary>"
@@ -173,7 +189,8 @@ def _plots(pngs: dict[str, bytes]) -> list[str]:
     parts = ["<section id='plots'><h2>Plots</h2><div class='grid'>"]
     for name, data in pngs.items():
         b64 = base64.b64encode(data).decode()
-        parts.append(f"<figure><img alt='{_e(name)}' src='data:image/png;base64,{b64}'>"
+        wide = " class='wide'" if name == "final_metrics.png" else ""
+        parts.append(f"<figure{wide}><img alt='{_e(name)}' src='data:image/png;base64,{b64}'>"
                      f"<figcaption>{_e(name)}</figcaption></figure>")
     parts.append("</div></section>")
     return parts

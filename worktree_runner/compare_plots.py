@@ -16,6 +16,7 @@ from .compare_tables import fmt_number
 
 MAX_PLOTTED_METRICS = 12
 MAX_CONFUSION = 12
+MAX_BARS = 6  # metrics in the bar chart of final values
 
 
 def slug(text: str, taken: dict[str, bytes] | None = None, prefix: str = "",
@@ -99,7 +100,7 @@ def make_plots(cmp: Comparison) -> dict[str, bytes]:
         save(fig, slug(m, pngs, "curve_"))
     finals = [m for m in cmp.metrics
               if any(g.metrics.get(m) and g.metrics[m].mean is not None for g in cmp.groups)]
-    finals = finals[:MAX_PLOTTED_METRICS]
+    finals = finals[:MAX_BARS]
     if finals:
         cols = min(3, len(finals))
         rows = math.ceil(len(finals) / cols)

@@ -336,12 +336,18 @@ def _confusion(summary: Mapping[str, Any]) -> tuple[tuple[tuple[float, ...], ...
 
 def metric_columns(branches: Iterable[BranchResult]) -> tuple[str, ...]:
     """The headline metrics first (when present), then the others: summary metrics before
-    curve-only ones, alphabetically."""
+    curve-only ones, in natural order (class2 before class10); nested ones (`val/…`) after
+    top-level ones."""
     branches = list(branches)
     finals = {k for b in branches for k in b.final}
     curve_only = {k for b in branches for k in b.curves} - finals
     ordered = [m for m in HEADLINE if m in finals or m in curve_only]
-    ordered += sorted(finals - set(ordered))
-    ordered += sorted(curve_only - set(ordered))
+    ordered += sorted(finals - set(ordered), key=_natural)
+    ordered += sorted(curve_only - set(ordered), key=_natural)
     return tuple(ordered)
+
+
+def _natural(name: str) -> tuple[int, list[tuple[int, Any]]]:
+    parts = re.split(r"(\d+)", name)
+    return (name.count("/"), [(1, int(p)) if p.isdigit() else (0, p) for p in parts])
 

@@ -116,7 +116,8 @@ def _fallback_name(members: Sequence[BranchResult]) -> str:
 
 
 def build_groups(branches: Sequence[BranchResult], metrics: Sequence[str]) -> tuple[Group, ...]:
-    """Groups in the order their first worker appears; names made unique."""
+    """Groups in the order their first worker appears, `baseline-*` references last; names
+    made unique."""
     by_key: dict[str, list[BranchResult]] = {}
     for b in branches:
         key = "group:" + b.group if b.group else "auto:" + _fallback_key(b)
@@ -135,7 +136,7 @@ def build_groups(branches: Sequence[BranchResult], metrics: Sequence[str]) -> tu
                             {k: v for k, v in first.vars.items()
                              if not (k == "seed" and first.seed is not None)},
                             tuple(members), stats))
-    return tuple(groups)
+    return tuple(sorted(groups, key=lambda g: g.reference))
 
 
 def ranked(groups: Sequence[Group], metric: str) -> list[Group]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .compare import Comparison, direction
+from .compare_code import differing_vars
 from .compare_groups import group_json
 from .compare_tables import ReportTable, build_group_table, build_table, winner_lines
 
@@ -59,6 +60,16 @@ def render_markdown(cmp: Comparison, *, per_worker: bool = False,
     if cmp.confounders:
         lines.append("")
     lines += _md_table(table)
+    items = list(cmp.groups) if cmp.grouped and not per_worker else list(cmp.branches)
+    diff_vars = differing_vars(items)
+    keys = sorted({k for v in diff_vars.values() for k in v})
+    if keys:
+        lines += ["", "## Configuration that differs", "",
+                  "| name | " + " | ".join(md_escape(k) for k in keys) + " |",
+                  "|---|" + "|".join("---" for _ in keys) + "|"]
+        lines += ["| " + " | ".join(md_escape(v) for v in [name, *(vals.get(k, "—")
+                                                                   for k in keys)]) + " |"
+                  for name, vals in diff_vars.items()]
     for img in images:
         lines += ["", f"![{md_escape(Path(img).stem)}]({img})"]
     return "\n".join(lines) + "\n"

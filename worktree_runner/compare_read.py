@@ -48,7 +48,7 @@ PROGRESS_KEYS = ("epoch", "epochs", "step", "steps")
 _LOWER = re.compile(r"loss|mse|mae|rmse|error|err$|perplexity|ppl|nll|cer|wer|fid|latency|"
                     r"time|memory|bytes|distance|regret")
 _HIGHER = re.compile(r"acc|f1|precision|recall|auc|map|iou|bleu|rouge|score|throughput|"
-                     r"reward|return|r2|dice|top\d|hit")
+                     r"reward|return|r2|dice|top\d|hit|psnr|ssim")
 
 
 def direction(metric: str) -> str | None:

@@ -4,6 +4,10 @@
     python scripts/compare_results.py                       # newest run, terminal table
     python scripts/compare_results.py --run 20260125-194400 --format html --out report/
     python scripts/compare_results.py --config configs/wt-run.yaml --format csv --baseline i3d
+    python scripts/compare_results.py --format json --per-worker   # groups and workers
+
+Runs with seeds are compared per group (mean ± 95% interval, winner and significance,
+confounders); `--per-worker` gives one row per worker.
 
 It reads the results that `wt-run collect` brought back into results/<run>/.
 """

@@ -534,7 +534,7 @@ def _observe_manifest(config: Config, store: RunStore, manifest: RunManifest) ->
             views.append(WorkerView(rec, cached))
             continue
         views.append(WorkerView(rec, obs))
-        if obs.env and rec.env is None:
+        if obs.env and not rec.env:
             rec = replace(rec, env=dict(obs.env))
             if not obs.state.terminal:
                 changed.append(rec)

@@ -292,15 +292,26 @@ def collect(state: AppState, run: str | None, dest: str | None) -> None:
               help="Directory for the report files (default: results/<run>/report).")
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json", "html"]),
               default="table", show_default=True, help="Output format.")
-@click.option("--baseline", metavar="NAME", help="Show deltas against this branch.")
+@click.option("--baseline", metavar="NAME",
+              help="Show deltas against this worker or group.")
+@click.option("--per-worker", is_flag=True,
+              help="One row per worker instead of one per group of seeds.")
 @pass_state
 def compare(state: AppState, run: str | None, out: str | None, fmt: str,
-            baseline: str | None) -> None:
-    """Compare the branches of a run: metrics table, plots and an HTML report."""
-    from .compare import compare_command
+            baseline: str | None, per_worker: bool) -> None:
+    """Compare a run: groups of seeds (mean ± 95% interval, the winner per metric and
+    whether its lead is significant, confounders) or workers; table, md, csv, json, or an
+    HTML report with plots and code differences."""
+    from .compare import compare as compare_run
+    from .compare_report import write_report
 
-    sys.exit(compare_command(state.config, run=run, out=Path(out) if out else None, fmt=fmt,
-                             baseline=baseline))
+    cmp = compare_run(state.config, run=run, baseline=baseline, with_diffs=fmt == "html")
+    if fmt == "table":
+        from .display_compare import render_rich
+
+        render_rich(cmp, per_worker=per_worker)
+    for path in write_report(cmp, fmt, Path(out) if out else None, per_worker=per_worker):
+        click.echo(f"wrote {path}", err=True)
 
 
 @cli.command()

@@ -1,123 +1,41 @@
-"""`compare`: read what `collect` brought back under `results/<run>/` and compare the branches
-of a run: one row per branch (failed, stopped and running ones too), final and best metrics,
-training time, throughput, parameters, FLOPs, checkpoint size, deltas against a baseline.
-
-Metric sources, all optional and read leniently (a malformed line or file is skipped):
-- `out/metrics.jsonl`: one JSON object per line (per epoch); numeric values become learning
-  curves, nested objects are flattened (`{"val": {"acc": 1}}` -> `val/acc`).
-- `out/metrics.json`: the final summary (numbers; `confusion_matrix` with optional
-  `class_names`/`labels`; info keys such as params, flops, train_time_s, throughput, device).
-- TensorBoard event files anywhere under the worker's results, read with TensorBoard's own
-  `EventAccumulator`; scalars become curves (tag names as logged).
+"""`compare`: read what `collect` brought back under `results/<run>/` and compare a run's
+workers and their groups (the seeds of one branch + vars): per worker the final and best
+metrics, training time, throughput, parameters, FLOPs and checkpoint size; per group the
+mean, sample std and 95% interval of each metric, the winner of each metric and whether its
+lead is significant, and what else differs (confounders).
 
 A worker that was not collected yet is shown with its state from the run manifest and a note;
 compare never copies anything itself (run `wt-run collect` first: it is incremental).
 
-Rendering (terminal, md, csv, json, html, plots) lives in `compare_report.py`.
+Reading a worker's files: `compare_read.py`; statistics: `compare_stats.py`; groups and
+winners: `compare_groups.py`; confounders: `compare_confounders.py`; code differences:
+`compare_code.py`; rendering: `compare_report.py` (files) and `display_compare.py` (terminal).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from .compare_code import CodeDiff, code_diffs
+from .compare_confounders import Confounder, between, within
+from .compare_groups import Group, Winner, build_groups, winners
+from .compare_read import (
+    BranchResult,
+    Curve,
+    direction,
+    metric_columns,
+    read_branch,
+    read_summary,
+    read_tensorboard,
+)
 from .config import Config
 from .errors import WtRunError
 from .runs import RunStore, WorkerRecord
 
-# Keys of a metrics line that index it rather than measure anything.
-STEP_KEYS = ("epoch", "step", "global_step", "iteration", "iter")
-IGNORED_KEYS = frozenset({*STEP_KEYS, "epochs", "steps", "time", "timestamp", "wall_time",
-                          "eta_s", "fraction"})
-# Info keys: shown in their own columns, not as metrics. First matching name wins.
-INFO_KEYS: dict[str, tuple[str, ...]] = {
-    "train_time_s": ("train_time_s", "training_time_s", "train_time", "total_time_s",
-                     "elapsed_s", "duration_s"),
-    "throughput": ("throughput_clips_s", "throughput", "samples_per_s", "samples_per_sec",
-                   "throughput_samples_s", "examples_per_s", "it_per_s"),
-    "params": ("params", "num_params", "n_params", "parameters", "param_count"),
-    "flops": ("flops_per_clip", "flops", "flops_per_sample", "gflops", "macs"),
-    "peak_memory_bytes": ("peak_memory_bytes", "peak_mem_bytes", "max_memory_bytes"),
-}
-INFO_LIKE = re.compile(r"(^|_)(params?|flops|macs|throughput|memory|mem|time_s|device|lr|"
-                       r"learning_rate|seed)($|_)")
-HEADLINE = ("accuracy", "macro_f1", "next_pos_mse")
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".bin", ".h5", ".pkl", ".npz")
-TB_PREFIX = "events.out.tfevents"
-
-_LOWER = re.compile(r"loss|mse|mae|rmse|error|err$|perplexity|ppl|nll|cer|wer|fid|latency|"
-                    r"time|memory|bytes|distance|regret")
-_HIGHER = re.compile(r"acc|f1|precision|recall|auc|map|iou|bleu|rouge|score|throughput|"
-                     r"reward|return|r2|dice|top\d|hit")
-
-
-def direction(metric: str) -> str | None:
-    """"min" when lower is better, "max" when higher is, None when the name does not say."""
-    name = metric.lower().rsplit("/", 1)[-1]
-    if _LOWER.search(name):
-        return "min"
-    if _HIGHER.search(name):
-        return "max"
-    return None
-
-
-@dataclass(frozen=True)
-class Curve:
-    steps: tuple[float, ...]
-    values: tuple[float, ...]
-
-    @property
-    def last(self) -> float:
-        return self.values[-1]
-
-    def best(self, how: str | None) -> float | None:
-        if how == "min":
-            return min(self.values)
-        if how == "max":
-            return max(self.values)
-        return None
-
-
-@dataclass(frozen=True)
-class BranchResult:
-    """Everything compare knows about one worker of the run."""
-
-    name: str
-    branch: str
-    commit: str
-    host: str
-    state: str
-    collected: bool
-    note: str = ""
-    final: Mapping[str, float] = field(default_factory=dict)
-    curves: Mapping[str, Curve] = field(default_factory=dict)
-    info: Mapping[str, Any] = field(default_factory=dict)
-    confusion: tuple[tuple[float, ...], ...] | None = None
-    class_names: tuple[str, ...] = ()
-    checkpoint_bytes: int | None = None
-    vars: Mapping[str, str] = field(default_factory=dict)
-    command: str = ""
-
-    def value(self, metric: str) -> float | None:
-        """The final value: the summary's if it has one, else the curve's last point."""
-        if metric in self.final:
-            return self.final[metric]
-        curve = self.curves.get(metric)
-        return curve.last if curve else None
-
-    def best(self, metric: str) -> float | None:
-        curve = self.curves.get(metric)
-        how = direction(metric)
-        candidates = [v for v in (curve.best(how) if curve else None, self.final.get(metric))
-                      if v is not None]
-        if not candidates or how is None:
-            return None
-        return min(candidates) if how == "min" else max(candidates)
+__all__ = ["BranchResult", "Comparison", "Curve", "compare", "direction", "read_tensorboard"]
 
 
 @dataclass(frozen=True)
@@ -126,226 +44,61 @@ class Comparison:
     results_dir: Path
     branches: tuple[BranchResult, ...]
     metrics: tuple[str, ...]
-    baseline: str | None = None
+    baseline: str | None = None  # a worker's or a group's name
     base_ref: str = ""
-    diffs: Mapping[str, str] = field(default_factory=dict)  # name -> git diff --stat
+    diffs: Mapping[str, CodeDiff] = field(default_factory=dict)
+    groups: tuple[Group, ...] = ()
+    winners: Mapping[str, Winner] = field(default_factory=dict)
+    confounders: tuple[Confounder, ...] = ()
+
+    @property
+    def grouped(self) -> bool:
+        """True when some group has several workers (seeds): then groups are the rows."""
+        return any(len(g.members) > 1 for g in self.groups)
 
     def branch(self, name: str) -> BranchResult:
         return next(b for b in self.branches if b.name == name)
 
+    def group(self, name: str) -> Group:
+        return next(g for g in self.groups if g.name == name)
+
     def best_name(self, metric: str, best_of_curve: bool = False) -> set[str]:
-        """Names holding the best value of a metric column (ties all win)."""
+        """Workers holding the best value of a metric column (ties all win; `baseline-*`
+        reference workers never do)."""
         how = direction(metric)
         if how is None:
             return set()
         values = {b.name: (b.best(metric) if best_of_curve else b.value(metric))
-                  for b in self.branches}
+                  for b in self.branches if not b.reference}
         present = {n: v for n, v in values.items() if v is not None and not math.isnan(v)}
         if len(present) < 2:
             return set()
         target = min(present.values()) if how == "min" else max(present.values())
         return {n for n, v in present.items() if v == target}
 
-    def delta(self, name: str, metric: str) -> float | None:
+    def baseline_value(self, metric: str) -> float | None:
         if self.baseline is None:
             return None
+        if any(b.name == self.baseline for b in self.branches):
+            return self.branch(self.baseline).value(metric)
+        stat = self.group(self.baseline).metrics.get(metric)
+        return stat.mean if stat else None
+
+    def delta(self, name: str, metric: str) -> float | None:
+        """A worker's final value minus the baseline's."""
+        base = self.baseline_value(metric)
         mine = self.branch(name).value(metric)
-        base = self.branch(self.baseline).value(metric)
-        if mine is None or base is None:
-            return None
-        return mine - base
+        return None if mine is None or base is None else mine - base
 
+    def group_delta(self, name: str, metric: str) -> float | None:
+        """A group's mean minus the baseline's value (a worker's, or a group's mean)."""
+        base = self.baseline_value(metric)
+        stat = self.group(name).metrics.get(metric)
+        mine = stat.mean if stat else None
+        return None if mine is None or base is None else mine - base
 
-# ---------------------------------------------------------------- reading metrics
-
-def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name + "/"))
-        else:
-            out[name] = value
-    return out
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
-def read_jsonl(path: Path) -> dict[str, Curve]:
-    """Learning curves from a metrics.jsonl (per-line step from epoch/step, else line no.)."""
-    series: dict[str, tuple[list[float], list[float]]] = {}
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return {}
-    for i, line in enumerate(lines):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a torn last line of a running worker, or a comment
-        if not isinstance(row, dict):
-            continue
-        flat = flatten(row)
-        step = next((_number(flat[k]) for k in STEP_KEYS if _number(flat.get(k)) is not None),
-                    float(i))
-        for key, raw in flat.items():
-            value = _number(raw)
-            if value is None or key in IGNORED_KEYS:
-                continue
-            steps, values = series.setdefault(key, ([], []))
-            steps.append(step if step is not None else float(i))
-            values.append(value)
-    return {k: Curve(tuple(s), tuple(v)) for k, (s, v) in series.items()}
-
-
-def read_tensorboard(root: Path) -> tuple[dict[str, Curve], float | None]:
-    """Scalar curves from every TensorBoard event directory under root, and the wall-time
-    span they cover. Tags from a sub-run directory get its path as a prefix when there are
-    several directories."""
-    dirs = sorted({p.parent for p in root.rglob(f"{TB_PREFIX}*") if p.is_file()})
-    if not dirs:
-        return {}, None
-    from tensorboard.backend.event_processing.event_accumulator import (
-        SCALARS,
-        EventAccumulator,
-    )
-
-    curves: dict[str, Curve] = {}
-    times: list[float] = []
-    for d in dirs:
-        acc = EventAccumulator(str(d), size_guidance={SCALARS: 0})
-        try:
-            acc.Reload()
-        except Exception:  # a corrupt or half-written event file: skip, compare the rest
-            continue
-        prefix = "" if len(dirs) == 1 else _tb_prefix(root, d)
-        for tag in acc.Tags().get("scalars", []):
-            events = acc.Scalars(tag)
-            if not events:
-                continue
-            curves[prefix + tag] = Curve(tuple(float(e.step) for e in events),
-                                         tuple(float(e.value) for e in events))
-            times += [events[0].wall_time, events[-1].wall_time]
-    span = max(times) - min(times) if len(times) > 1 else None
-    return curves, span
-
-
-def _tb_prefix(root: Path, d: Path) -> str:
-    rel = d.relative_to(root).as_posix()
-    for strip in ("out/", "worktree/"):
-        rel = rel[len(strip):] if rel.startswith(strip) else rel
-    return "" if rel in ("", ".", "out", "worktree") else rel + "/"
-
-
-def read_summary(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def checkpoint_size(root: Path) -> int | None:
-    """Size of the largest checkpoint file (one model's size, not all kept copies)."""
-    sizes = [p.stat().st_size for p in root.rglob("*")
-             if p.is_file() and not p.is_symlink() and ".collect" not in p.parts
-             and (p.suffix in CHECKPOINT_SUFFIXES or any(
-                 part.startswith("checkpoint") for part in p.relative_to(root).parts[:-1]))]
-    return max(sizes) if sizes else None
-
-
-def _info_from(summary: Mapping[str, Any]) -> dict[str, Any]:
-    flat = flatten(summary)
-    info: dict[str, Any] = {}
-    for column, names in INFO_KEYS.items():
-        for n in names:
-            if _number(flat.get(n)) is not None:
-                info[column] = _number(flat[n])
-                break
-    if isinstance(flat.get("device"), str):
-        info["device"] = flat["device"]
-    return info
-
-
-def _is_metric(key: str) -> bool:
-    if key in IGNORED_KEYS:
-        return False
-    if any(key in names for names in INFO_KEYS.values()):
-        return False
-    return not INFO_LIKE.search(key.lower().rsplit("/", 1)[-1])
-
-
-def read_branch(rec: WorkerRecord, worker_dir: Path, state: str,
-                vars_: Mapping[str, str] | None = None) -> BranchResult:
-    """One row from a collected worker directory (`results/<run>/<name>/`)."""
-    if not (worker_dir / "worker.json").is_file():
-        return BranchResult(rec.name, rec.branch, rec.commit, rec.host, state, False,
-                            note="not collected yet — run `wt-run collect`",
-                            vars=dict(vars_ or {}), command=rec.command)
-    meta = read_summary(worker_dir / "worker.json")
-    collect_info = meta.get("collect") if isinstance(meta.get("collect"), dict) else {}
-    curves = read_jsonl(worker_dir / "out" / "metrics.jsonl")
-    tb_curves, tb_span = read_tensorboard(worker_dir)
-    for key, curve in tb_curves.items():
-        curves.setdefault(key, curve)
-    summary = read_summary(worker_dir / "out" / "metrics.json")
-    final = {k: v for k, raw in flatten(summary).items()
-             if (v := _number(raw)) is not None and _is_metric(k)}
-    info = _info_from(summary)
-    for column in ("throughput", "train_time_s"):
-        if column not in info:
-            for key, curve in curves.items():
-                if key in INFO_KEYS[column]:
-                    info[column] = curve.last
-    if "train_time_s" not in info:
-        # TensorBoard's wall times are finer than the worker's start/end (whole seconds).
-        started, ended = rec.started_at, rec.ended_at
-        if tb_span:
-            info["train_time_s"] = tb_span
-        elif started and ended:
-            info["train_time_s"] = ended - started
-    curves = {k: c for k, c in curves.items() if _is_metric(k)}
-    confusion, names = _confusion(summary)
-    notes = []
-    if collect_info.get("errors"):
-        notes.append("collect had errors")
-    if not rec.collected_at and not meta.get("collected_at"):
-        notes.append("partly collected")
-    return BranchResult(
-        rec.name, rec.branch, rec.commit, rec.host, state, True, "; ".join(notes),
-        final=final, curves=curves, info=info, confusion=confusion, class_names=names,
-        checkpoint_bytes=checkpoint_size(worker_dir), vars=dict(vars_ or {}),
-        command=rec.command)
-
-
-def _confusion(summary: Mapping[str, Any]) -> tuple[tuple[tuple[float, ...], ...] | None,
-                                                      tuple[str, ...]]:
-    raw = summary.get("confusion_matrix")
-    if not isinstance(raw, list) or not raw or not all(isinstance(r, list) for r in raw):
-        return None, ()
-    try:
-        matrix = tuple(tuple(float(x) for x in row) for row in raw)
-    except (TypeError, ValueError):
-        return None, ()
-    names = summary.get("class_names") or summary.get("labels") or summary.get("classes")
-    labels = tuple(str(n) for n in names) if isinstance(names, list) else ()
-    return matrix, labels if len(labels) == len(matrix) else ()
-
-
-def metric_columns(branches: Iterable[BranchResult]) -> tuple[str, ...]:
-    """The headline metrics first (when present), then the others: summary metrics before
-    curve-only ones, alphabetically."""
-    branches = list(branches)
-    finals = {k for b in branches for k in b.final}
-    curve_only = {k for b in branches for k in b.curves} - finals
-    ordered = [m for m in HEADLINE if m in finals or m in curve_only]
-    ordered += sorted(finals - set(ordered))
-    ordered += sorted(curve_only - set(ordered))
-    return tuple(ordered)
+    def confounders_of(self, scope: str) -> list[Confounder]:
+        return [c for c in self.confounders if c.scope == scope]
 
 
 # ---------------------------------------------------------------- the run
@@ -380,63 +133,26 @@ def _records(config: Config, run: str | None, results: Path
 
 def compare(config: Config, *, run: str | None = None, baseline: str | None = None,
             results: Path | None = None, with_diffs: bool = False) -> Comparison:
+    """Read a run's collected results; `with_diffs` adds code differences against `base`."""
     results = (results or config.repo / "results").expanduser().resolve()
     run_id, records, states = _records(config, run, results)
     if not records:
         raise WtRunError(f"run {run_id} has no workers", "launch some with `wt-run launch`")
-    names = [r.name for r in records]
-    if baseline is not None and baseline not in names:
-        raise WtRunError(f"--baseline '{baseline}' is not a worker of run {run_id}",
-                         f"pick one of: {', '.join(names)}")
     branches = tuple(
         read_branch(r, results / run_id / r.name, states.get(r.name, "unknown"),
                     config.branches[r.name].vars if r.name in config.branches else {})
         for r in records)
-    diffs = branch_diffs(config, branches) if with_diffs else {}
-    return Comparison(run_id, results / run_id, branches, metric_columns(branches), baseline,
-                      config.base, diffs)
-
-
-def branch_diffs(config: Config, branches: Sequence[BranchResult]) -> dict[str, str]:
-    """`git diff --stat` of each branch's commit against the config's base (from their merge
-    base), via GitPython on the local repository."""
-    import git
-
-    try:
-        repo = git.Repo(config.repo)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        return {}
-    out: dict[str, str] = {}
-    for b in branches:
-        ref = b.commit or b.branch
-        if not ref:
-            continue
-        try:
-            out[b.name] = repo.git.diff("--stat", f"{config.base}...{ref}") or "(no changes)"
-        except git.GitCommandError as exc:
-            out[b.name] = f"(cannot diff: {exc.stderr.strip().splitlines()[-1:]})"
-    return out
-
-
-def differing_vars(branches: Sequence[BranchResult]) -> dict[str, dict[str, str]]:
-    """Per branch, the vars (and command) whose values are not the same for every branch."""
-    keys = sorted({k for b in branches for k in b.vars})
-    differing = [k for k in keys if len({b.vars.get(k) for b in branches}) > 1]
-    out = {b.name: {k: b.vars.get(k, "—") for k in differing} for b in branches}
-    if len({b.command for b in branches}) > 1:
-        for b in branches:
-            out[b.name]["command"] = b.command
-    return out
-
-
-# ---------------------------------------------------------------- CLI glue
-
-def compare_command(config: Config, *, run: str | None, out: Path | None, fmt: str,
-                    baseline: str | None) -> int:
-    """`wt-run compare`: the table on the terminal, or md/csv/json on stdout (or into --out),
-    or an HTML report with plots (into --out, default results/<run>/report)."""
-    from .compare_report import write_report
-
-    cmp = compare(config, run=run, baseline=baseline, with_diffs=fmt == "html")
-    write_report(cmp, fmt, out)
-    return 0
+    metrics = metric_columns(branches)
+    groups = build_groups(branches, metrics)
+    names = [b.name for b in branches] + [g.name for g in groups if g.name not in
+                                          {b.name for b in branches}]
+    if baseline is not None and baseline not in names:
+        raise WtRunError(f"--baseline '{baseline}' is neither a worker nor a group of run "
+                         f"{run_id}", f"pick one of: {', '.join(names)}")
+    found: list[Confounder] = []
+    for g in groups:
+        found += within(g.name, g.members)
+    found += between({g.name: g.members for g in groups if not g.reference})
+    diffs = code_diffs(config.repo, config.base, branches) if with_diffs else {}
+    return Comparison(run_id, results / run_id, branches, metrics, baseline, config.base,
+                      diffs, groups, winners(groups, metrics), tuple(found))

@@ -51,7 +51,7 @@ class WorkerRecord:
     vars: Mapping[str, str] = field(default_factory=dict)  # final template values
     seed: int | None = None
     group: str | None = None  # shared by the seeds of one branch + vars
-    env: Mapping[str, Any] | None = None  # recorded at start (see hostside/envinfo.py)
+    env: Mapping[str, Any] = field(default_factory=dict)  # recorded at start (envinfo.py)
     retry_max: int = 0  # retries its policy allows (attempt k of retry_max + 1)
 
     @property
@@ -70,7 +70,9 @@ class WorkerRecord:
     def from_json(cls, raw: dict[str, Any]) -> WorkerRecord:
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in raw.items() if k in known}
-        data["gpus"] = tuple(data.get("gpus", ()))
+        data["gpus"] = tuple(data.get("gpus") or ())
+        for key in ("vars", "env"):
+            data[key] = dict(data[key]) if isinstance(data.get(key), dict) else {}
         return cls(**data)
 
 

@@ -67,6 +67,17 @@ def test_csv_and_json_load_back_with_best_and_delta(collected: tuple[Path, str],
     assert by["tb"]["curves"]["val/accuracy"]["values"][-1] == pytest.approx(0.8)
     assert by["tb"]["final"]["train/loss"] == pytest.approx(0.2)
     assert by["bad"]["state"] == "failed" and by["bad"]["collected"]
+    # A run without seeds: each worker is a group of one (no interval); the failed one
+    # counts as failed, and its partial curve is no statistic.
+    groups = {g["name"]: g for g in doc["groups"]}
+    assert set(groups) == {"good", "better", "tb", "bad"}
+    assert groups["better"]["n"] == 1 and groups["better"]["vars"]["quality"] == "0.9"
+    assert groups["better"]["metrics"]["accuracy"] == {
+        "mean": pytest.approx(0.9), "std": None, "ci95": None, "n": 1,
+        "values": [pytest.approx(0.9)]}
+    assert (groups["bad"]["n"], groups["bad"]["failed"], groups["bad"]["metrics"]) == (0, 1, {})
+    assert doc["winners"]["accuracy"]["best"] == "better"
+    assert doc["winners"]["accuracy"]["significant"] is None  # one seed each: not testable
 
 
 def test_tensorboard_reader_on_event_files(tmp_path: Path) -> None:

@@ -140,7 +140,8 @@ def compare(config: Config, *, run: str | None = None, baseline: str | None = No
         raise WtRunError(f"run {run_id} has no workers", "launch some with `wt-run launch`")
     branches = tuple(
         read_branch(r, results / run_id / r.name, states.get(r.name, "unknown"),
-                    config.branches[r.name].vars if r.name in config.branches else {})
+                    config.branches[r.branch_entry].vars if r.branch_entry in config.branches
+                    else {})
         for r in records)
     metrics = metric_columns(branches)
     groups = build_groups(branches, metrics)

@@ -236,7 +236,12 @@ class RunStore:
 
     def save(self, manifest: RunManifest) -> None:
         path = self.run_dir(manifest.run) / "manifest.json"
+        created = not path.exists()
         atomic_write_text(path, json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
+        if created:
+            # `runs/latest` names the run created last, for scripts; saving a run again (as
+            # stop or status do) never moves it.
+            atomic_write_text(self.runs_dir / "latest", manifest.run + "\n")
 
     def update(self, run: str, *records: WorkerRecord,
                expected: Mapping[str, WorkerRecord] | None = None) -> RunManifest:

@@ -61,7 +61,9 @@ def boot_id():
 def start_ticks(pid):
     raw = read("/proc/%d/stat" % pid, 4096)
     try:
-        return raw[raw.rindex(")") + 2:].split()[19]
+        fields = raw[raw.rindex(")") + 2:].split()
+        # A zombie (dead, not yet reaped by its parent) is not alive.
+        return None if fields[0] in ("Z", "X") else fields[19]
     except (AttributeError, ValueError, IndexError):
         return None
 

@@ -41,7 +41,9 @@ def start_ticks(pid):
     try:
         with open("/proc/%d/stat" % pid, "rb") as fh:
             raw = fh.read()
-        return raw[raw.rindex(b")") + 2:].split()[19].decode()
+        fields = raw[raw.rindex(b")") + 2:].split()
+        # A zombie (dead, not yet reaped by its parent) is not alive.
+        return None if fields[0] in (b"Z", b"X") else fields[19].decode()
     except (OSError, ValueError, IndexError):
         return None
 

@@ -26,7 +26,7 @@ def status_script(root: str, worker_dirs: Sequence[str]) -> str:
     """One script that reports every given worker directory plus host health, as one JSON
     line made by the probe (hostside/probe.py)."""
     dirs = " ".join(q(d) for d in worker_dirs)
-    return f"{FIND_PYTHON}\"$PY\" -c {q(PROBE)} {q(root)} {dirs}\n"
+    return f"{FIND_PYTHON}\"$PY\" -S -c {q(PROBE)} {q(root)} {dirs}\n"
 
 
 class StatusOutputError(ValueError):

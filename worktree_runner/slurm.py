@@ -266,7 +266,7 @@ if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then wt_shelve; fi
 WT_RUN_RESTART_COUNT=${SLURM_RESTART_COUNT:-0}
 export WT_RUN_RESTART_COUNT
 usr1=0
-"$PY" "$W" "$d" &
+"$PY" -S "$W" "$d" &
 w=$!
 # USR1 (checkpoint now) goes to the wrapper, which hands it to the user's command only.
 trap 'usr1=1; kill -USR1 "$w" 2>/dev/null' USR1

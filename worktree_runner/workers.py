@@ -76,9 +76,9 @@ def command_script(spec: LaunchSpec) -> str:
     lines.append('if [ -x .venv/bin/python ]; then PATH="$PWD/.venv/bin:$PATH"; '
                  'VIRTUAL_ENV="$PWD/.venv"; export PATH VIRTUAL_ENV; fi')
     # What else could make results differ (packages, GPU, dirty code, data), recorded with
-    # the worker's own python; never in the command's way.
+    # the worker's own python, beside the command rather than before it: never in its way.
     lines.append(f'"$(command -v python || command -v python3)" -c {q(ENVINFO)} '
-                 f'{q(d + "/env.json")} </dev/null >/dev/null 2>&1 || :')
+                 f'{q(d + "/env.json")} </dev/null >/dev/null 2>&1 &')
     lines.append(exec_line(spec.command))
     return "\n".join(lines) + "\n"
 
@@ -117,7 +117,7 @@ wt_prepare() {
 wt_launch() {
   wt_prepare "$@" || return 0
   d=$1
-  setsid "$PY" "$W" "$d" "$G" </dev/null >"$d/log" 2>&1 &
+  setsid "$PY" -S "$W" "$d" "$G" </dev/null >"$d/log" 2>&1 &
   printf '%s
 ' "$!" > "$d/spawn.tmp" && mv -f "$d/spawn.tmp" "$d/spawn"
   echo "started $3 $!"
@@ -143,14 +143,14 @@ def launch_script(root: str, specs: Sequence[LaunchSpec], grace: float = 10.0,
         args += [spec.worker_dir, repr(float(grace)), "1" if spec.meta.get("gpu") else "0"]
     qdir = f"{root}/queue"
     parts += [f"mkdir -p {q(qdir)} || exit 90", _install(qdir, "config.json", queue.to_json()),
-              f'"$PY" {q(root + "/drainer.py")} {q(root)} --enqueue '
+              f'"$PY" -S {q(root + "/drainer.py")} {q(root)} --enqueue '
               + " ".join(q(a) for a in args) + " >/dev/null || exit 93",
               _start_drainer(root)]
     return "\n".join(parts) + "\n"
 
 
 def _start_drainer(root: str) -> str:
-    return (f'setsid "$PY" {q(root + "/drainer.py")} {q(root)} </dev/null '
+    return (f'setsid "$PY" -S {q(root + "/drainer.py")} {q(root)} </dev/null '
             f">>{q(root + '/queue/drainer.log')} 2>&1 &\n")
 
 

@@ -214,7 +214,8 @@ def start(entry, gpus):
         write(os.path.join(d, "gpus"), ",".join(gpus) + "\n")
     log = open(os.path.join(d, "log"), "ab")
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "wrapper.py"), d, str(entry.get("grace", 10.0))],
+        [sys.executable, "-S", os.path.join(ROOT, "wrapper.py"), d,
+         str(entry.get("grace", 10.0))],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, close_fds=True,
         start_new_session=True)
     log.close()

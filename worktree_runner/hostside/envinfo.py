@@ -22,22 +22,29 @@ def run(argv):
 
 
 def packages(info):
-    try:
-        from importlib import metadata
-    except ImportError:
-        return
+    """Installed distributions from their metadata folder names (`torch-2.13.0.dist-info`):
+    a listing, no import, no metadata parsing."""
+    import sysconfig
+
+    paths = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
     seen = set()
-    for dist in metadata.distributions():
-        name = (dist.metadata["Name"] or "").lower()
-        if name:
-            seen.add("%s==%s" % (name, dist.version))
-    info["packages_hash"] = hashlib.sha256("\n".join(sorted(seen)).encode()).hexdigest()[:16]
-    info["packages_count"] = len(seen)
-    for name in ("torch", "numpy"):
+    for path in paths:
         try:
-            info[name] = metadata.version(name)
-        except Exception:
-            info[name] = None
+            names = os.listdir(path)
+        except OSError:
+            continue
+        for entry in names:
+            for suffix in (".dist-info", ".egg-info"):
+                if entry.endswith(suffix):
+                    stem = entry[:-len(suffix)]
+                    name, _, version = stem.partition("-")
+                    seen.add((name.lower().replace("_", "-"), version.split("-py")[0]))
+    info["packages_hash"] = hashlib.sha256(
+        "\n".join("%s==%s" % p for p in sorted(seen)).encode()).hexdigest()[:16]
+    info["packages_count"] = len(seen)
+    versions = dict(seen)
+    for name in ("torch", "numpy"):
+        info[name] = versions.get(name)
 
 
 def gpus(info):

@@ -212,7 +212,7 @@ def retried(how, value, ooms_before, record):
     if reason is None or not may_retry(read_meta(), reason):
         return False
     print("wt-run: attempt ended (%s); retrying" % reason, flush=True)
-    out = subprocess.run([sys.executable, drainer, root, "--requeue", WORKER_DIR],
+    out = subprocess.run([sys.executable, "-S", drainer, root, "--requeue", WORKER_DIR],
                          stdout=subprocess.PIPE, check=False)
     shelf = None
     for line in out.stdout.decode("utf-8", "replace").splitlines():
@@ -222,7 +222,7 @@ def retried(how, value, ooms_before, record):
         return False
     with open(os.path.join(shelf, "exit"), "w") as fh:
         fh.write(record)
-    subprocess.Popen([sys.executable, drainer, root], stdin=subprocess.DEVNULL,
+    subprocess.Popen([sys.executable, "-S", drainer, root], stdin=subprocess.DEVNULL,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True, close_fds=True)
     return True

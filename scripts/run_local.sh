@@ -12,7 +12,9 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null
-python -m pip install -q "torch==2.13.0" -e ".[workload,report]"
+# scripts/constraints.txt pins torch to the CPU-friendly build (the package itself only
+# needs torch >= 2.3).
+python -m pip install -q -c scripts/constraints.txt -e ".[workload,report]"
 
 CONFIG=configs/wt-run.yaml
 wt-run --config "$CONFIG" generate --wait

@@ -25,12 +25,12 @@ import numpy as np
 
 from experiments.trajectory_video.cameras import DISTANCE, FOV_DEG, project
 
-TARGET_SIGMA = (0.08, 0.16)  # world units: the target's size range
-TARGET_PEAK = 0.9  # blob opacity at its centre (some sensor noise stays visible)
+TARGET_SIGMA = (0.10, 0.18)  # world units: the target's size range
+TARGET_PEAK = 0.95  # blob opacity at its centre (some sensor noise stays visible)
 DISTRACTOR_SIGMA = 0.04
 MAX_LEVEL = 224  # brightest drawn value: leaves room for noise up to 31 in uint8
 NOISE_ROWS = 512  # rows (one frame-plane each) of the noise table, per noise level
-NOISE_LEVELS = 3  # noise up to 31, 15 or 7
+NOISE_LEVELS = 3  # noise up to 15, 7 or 3
 NOISE_MAX = 31
 BACKGROUND_WORDS = 16  # uniforms per view
 
@@ -140,8 +140,8 @@ def backgrounds(words: np.ndarray, channels: int, size: int) -> tuple[np.ndarray
     random angles) with a vertical brightness gradient; in 40% of views a flat grey pillar
     standing on the bottom edge, 10-25% of the frame wide."""
     w = words.astype(np.float32)
-    level = _between(w[..., 0:3], 20.0, 110.0)[..., :channels]  # (B, V, C)
-    amp = _between(w[..., 3], 5.0, 35.0)
+    level = _between(w[..., 0:3], 20.0, 90.0)[..., :channels]  # (B, V, C)
+    amp = _between(w[..., 3], 5.0, 25.0)
     grad = _between(w[..., 4], -40.0, 40.0)
     coords = (np.arange(size, dtype=np.float32) - np.float32((size - 1) / 2.0)) / size
     # Each grating cos(fx x + fy y + p) = cos(fx x + p) cos(fy y) - sin(fx x + p) sin(fy y):
@@ -180,12 +180,12 @@ def backgrounds(words: np.ndarray, channels: int, size: int) -> tuple[np.ndarray
 def noise_table(seed: int, plane: int) -> np.ndarray:
     """``(NOISE_LEVELS * NOISE_ROWS, plane)`` uint8: one frame's sensor noise per row, from
     its own Philox stream keyed by ``seed`` (read-only, shared by all samples). Level ``l``
-    (rows ``l * NOISE_ROWS ...``) is uniform in [0, NOISE_MAX >> l]."""
+    (rows ``l * NOISE_ROWS ...``) is uniform in [0, NOISE_MAX >> (l + 1)]."""
     key = np.random.SeedSequence(seed, spawn_key=(1,)).generate_state(2, dtype=np.uint64)
     words = -(-NOISE_ROWS * plane // 8)
     raw = np.random.Philox(key=key).random_raw(words).view(np.uint8)[: NOISE_ROWS * plane]
     base = (raw & np.uint8(NOISE_MAX)).reshape(NOISE_ROWS, plane)
-    table = np.concatenate([base >> np.uint8(level) for level in range(NOISE_LEVELS)])
+    table = np.concatenate([base >> np.uint8(level + 1) for level in range(NOISE_LEVELS)])
     table.flags.writeable = False
     return table
 

@@ -75,11 +75,11 @@ def sample_params(cfg: DataConfig, start: int, stop: int) -> dict[str, np.ndarra
         "noise_rows": render.noise_rows(look[:, 4], look[:, 5], look[:, 6],
                                         cfg.cameras * cfg.frames),
         "background": background[:, : cfg.cameras],
-        # (n, DISTRACTORS, frames, 3): straight drifts, grey, 30-60% opaque.
+        # (n, DISTRACTORS, frames, 3): straight drifts, grey, 20-45% opaque.
         "distractors": (d_start[:, :, None] + d_move[:, :, None] * s[None, None, :, None])
         .astype(np.float32),
         "distractor_grey": d[..., 6],
-        "distractor_peak": _between(d[..., 7], 0.3, 0.6),
+        "distractor_peak": _between(d[..., 7], 0.2, 0.45),
     }
 
 

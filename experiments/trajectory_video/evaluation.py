@@ -41,9 +41,9 @@ class _TokenizerScore:
         return {
             f"{prefix}recon_psnr": 10.0 * math.log10(1.0 / mse) if mse > 0 else float("inf"),
             # Share of the 2^bits codes used at least once, and the perplexity of the code
-            # histogram (the number of equally likely codes with the same entropy).
+            # histogram: the number of equally likely codes with the same entropy.
             f"{prefix}codebook_usage": float(len(used) / len(freq)),
-            f"{prefix}codebook_perplexity": float(np.exp(-(used * np.log(used)).sum())),
+            f"{prefix}codebook_effective_codes": float(np.exp(-(used * np.log(used)).sum())),
         }
 
 

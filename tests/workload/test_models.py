@@ -129,7 +129,8 @@ def test_magvit_decoder_reconstructs_the_clip_shape_and_freezing_stops_gradients
     torch.manual_seed(0)
     extractor = build_extractor("magvit", TINY["magvit"], SPEC)
     video = torch.rand(2, 3, 8, 16, 16)
-    recon, tokens, _ = extractor.tokenize(video)
+    with torch.no_grad():
+        recon, tokens, _ = extractor.tokenize(video)
     assert recon.shape == video.shape and 0.0 <= float(recon.min()) <= float(recon.max()) <= 1
     assert int(tokens.min()) >= 0 and int(tokens.max()) < 2 ** TINY["magvit"]["bits"]
     losses = extractor.pretrain_losses(video)

@@ -203,7 +203,7 @@ def test_magvit_trains_its_tokenizer_first_then_the_heads(tmp_path: Path,
     assert summary["tokenizer_epochs"] == 1
     assert 5.0 < summary["val_recon_psnr"] < 60.0
     assert 0.0 < summary["val_codebook_usage"] <= 1.0
-    assert 1.0 <= summary["val_codebook_perplexity"] <= 16.0  # 4 bits: 16 codes
+    assert 1.0 <= summary["val_codebook_effective_codes"] <= 16.0  # 4 bits: 16 codes
 
 
 def test_feature_dim_projects_the_features(tmp_path: Path, tiny_dataset: Path) -> None:

@@ -32,7 +32,8 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null
-# torch is pinned to the CPU-friendly build; the project allows newer ones on GPU machines.
-python -m pip install -q "torch==2.13.0" -e ".[workload,report,test]"
+# scripts/constraints.txt pins torch to the CPU-friendly build; the package metadata only
+# sets a lower bound, so GPU machines may keep a newer build.
+python -m pip install -q -c scripts/constraints.txt -e ".[workload,report,test]"
 ruff check .
 exec python -m pytest -q -p no:cacheprovider "$@"

@@ -27,10 +27,16 @@ class VideoSpec:
 
 
 class VideoExtractor(nn.Module, abc.ABC):
-    """Video in, features out. Subclasses set ``feature_dim`` in ``__init__``."""
+    """Video in, features out. Subclasses set ``feature_dim`` in ``__init__``.
+
+    An extractor that is pre-trained on its own objective first (e.g. a tokenizer on
+    reconstruction) sets ``pretrain_epochs`` and implements ``pretrain_losses``; the
+    trainer then calls ``set_frozen(True)`` and trains the heads on its frozen features.
+    """
 
     feature_dim: int
     config_class: ClassVar[type]
+    pretrain_epochs: int = 0
 
     @abc.abstractmethod
     def forward(self, video: torch.Tensor) -> torch.Tensor:
@@ -39,6 +45,13 @@ class VideoExtractor(nn.Module, abc.ABC):
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
         """Extra losses from the last forward pass (already weighted); none by default."""
         return {}
+
+    def pretrain_losses(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The weighted losses of the extractor's own pre-training objective."""
+        raise NotImplementedError(f"{type(self).__name__} has no pre-training objective")
+
+    def set_frozen(self, frozen: bool) -> None:
+        """Freeze (or unfreeze) the pre-trained part; a no-op without pre-training."""
 
 
 def grid_pool(x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -68,6 +81,19 @@ def register_extractor(name: str) -> Callable[[type[VideoExtractor]], type[Video
 
 def registered_extractors() -> list[str]:
     return sorted(_REGISTRY)
+
+
+FEATURE_DIM_KEY = "feature_dim"
+
+
+def split_feature_dim(options: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+    """``extractors.<name>`` options -> (the extractor's own options, the per-view feature
+    size the model projects its features to; 0 = keep the extractor's own)."""
+    rest = {k: v for k, v in options.items() if k != FEATURE_DIM_KEY}
+    size = options.get(FEATURE_DIM_KEY, 0)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ValueError(f"{FEATURE_DIM_KEY} must be a whole number >= 0, got {size!r}")
+    return rest, size
 
 
 def build_extractor(name: str, options: Mapping[str, Any], spec: VideoSpec) -> VideoExtractor:

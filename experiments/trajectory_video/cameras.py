@@ -1,4 +1,4 @@
-"""Pinhole cameras: the rig around the scene, per-sample jitter, and projection.
+"""Pinhole cameras: each sample's own rig around the scene, and projection.
 
 Conventions (OpenCV): camera x right, y down, z forward; pixel (col, row) has its centre
 at integer coordinates, so a point projecting to ``(u, v)`` lands on pixel
@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The base rig: cameras spread in azimuth at two elevations, all looking at the origin.
+# Rig slots: camera v's azimuth is drawn around slot v's, so views stay spread around the
+# scene.
 _BASE_AZIMUTH_DEG = (45.0, 135.0, 225.0, 315.0, 0.0, 90.0, 180.0, 270.0)
-_BASE_ELEVATION_DEG = (20.0, 35.0, 20.0, 35.0, 50.0, 10.0, 50.0, 10.0)
 MAX_CAMERAS = len(_BASE_AZIMUTH_DEG)
-DISTANCE = 4.0
+DISTANCE = 4.0  # typical camera distance (camera features are scaled by it)
 FOV_DEG = 50.0
 
 
@@ -64,26 +64,43 @@ def base_focal(size: int) -> float:
     return (size / 2.0) / np.tan(np.deg2rad(FOV_DEG) / 2.0)
 
 
-def jitter_from_uniforms(uniforms: np.ndarray, cameras: int) -> np.ndarray:
-    """The random part of each sample's rig: uniforms ``(n, >= 4 * cameras)`` in [0, 1)
-    -> ``(n, cameras, 4)`` values in [-1, 1)."""
+CAMERA_WORDS = 8  # uniforms per camera (7 used)
+AZIMUTH_SPREAD_DEG = 40.0  # each camera's azimuth: its rig slot +- this
+ELEVATION_RANGE_DEG = (5.0, 60.0)
+DISTANCE_RANGE = (3.0, 4.2)
+FOCAL_RANGE = (0.85, 1.2)  # times the base focal length
+TARGET_RANGE = 0.3  # the point looked at: the origin +- this on each axis
+
+
+def _between(u: np.ndarray, low: float, high: float) -> np.ndarray:
+    return low + (high - low) * u
+
+
+def pose_from_uniforms(uniforms: np.ndarray, cameras: int) -> np.ndarray:
+    """Each sample's own rig: uniforms ``(n, >= CAMERA_WORDS * cameras)`` in [0, 1) ->
+    ``(n, cameras, CAMERA_WORDS)``, one row of uniforms per camera."""
     if not 1 <= cameras <= MAX_CAMERAS:
         raise ValueError(f"cameras must be in 1..{MAX_CAMERAS}, got {cameras}")
-    return 2.0 * uniforms[:, : 4 * cameras].reshape(-1, cameras, 4) - 1.0
+    return uniforms[:, : CAMERA_WORDS * cameras].reshape(-1, cameras, CAMERA_WORDS)
 
 
-def rig_from_jitter(jitter: np.ndarray, size: int) -> CameraSet:
-    """Cameras for jitter ``(..., V, 4)``: the base rig moved by a few degrees in azimuth
-    and elevation, +-0.2 in distance and +-5% in focal length. Vectorised over samples."""
-    cameras = jitter.shape[-2]
-    az = np.deg2rad(np.asarray(_BASE_AZIMUTH_DEG[:cameras]) + 5.0 * jitter[..., 0])
-    el = np.deg2rad(np.asarray(_BASE_ELEVATION_DEG[:cameras]) + 3.0 * jitter[..., 1])
-    dist = DISTANCE + 0.2 * jitter[..., 2]
-    eye = dist[..., None] * np.stack(
+def rig_from_pose(pose: np.ndarray, size: int) -> CameraSet:
+    """Cameras for per-camera uniforms ``(..., V, CAMERA_WORDS)``: azimuth within
+    +-40 degrees of the camera's rig slot (so the views stay spread around the scene),
+    elevation 5-60 degrees, distance 3-4.2, focal length 0.85-1.2x, looking at a point
+    within +-0.3 of the origin. Vectorised over samples."""
+    cameras = pose.shape[-2]
+    az = np.deg2rad(np.asarray(_BASE_AZIMUTH_DEG[:cameras])
+                    + AZIMUTH_SPREAD_DEG * (2.0 * pose[..., 0] - 1.0))
+    el = np.deg2rad(_between(pose[..., 1], *ELEVATION_RANGE_DEG))
+    dist = _between(pose[..., 2], *DISTANCE_RANGE)
+    target = _between(pose[..., 4:7], -TARGET_RANGE, TARGET_RANGE)
+    eye = target + dist[..., None] * np.stack(
         [np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], axis=-1
     )
-    extrinsics = look_at(eye, np.zeros(3), np.array([0.0, 0.0, 1.0]))
-    intrinsics = intrinsics_matrix(base_focal(size) * (1.0 + 0.05 * jitter[..., 3]), size)
+    extrinsics = look_at(eye, target, np.array([0.0, 0.0, 1.0]))
+    intrinsics = intrinsics_matrix(base_focal(size) * _between(pose[..., 3], *FOCAL_RANGE),
+                                   size)
     return CameraSet(intrinsics.astype(np.float32), extrinsics.astype(np.float32))
 
 

@@ -125,6 +125,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
     val_fraction: float = 0.2
+    test_fraction: float = 0.1  # held out: scored once, at the end
     pos_loss_weight: float = 1.0
     aux_loss_weight: float = 0.1
     fusion_dim: int = 128
@@ -142,8 +143,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0.0 < self.val_fraction < 1.0 or not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"val_fraction and test_fraction must be in (0, 1), got "
+                             f"{self.val_fraction} and {self.test_fraction}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ValueError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1:

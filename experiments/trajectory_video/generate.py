@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.trajectory_video import cameras, render, trajectories
+from experiments.trajectory_video import render, trajectories
 from experiments.trajectory_video.config import (
     CONFIG_DIR,
     ConfigError,
@@ -59,6 +59,12 @@ from experiments.trajectory_video.dataset import (
     write_shard,
 )
 from experiments.trajectory_video.progress import Progress
+from experiments.trajectory_video.scene import (  # noqa: F401  (part of this module's API)
+    WORDS_PER_SAMPLE,
+    sample_params,
+    sample_uniforms,
+    scene_splats,
+)
 
 # Render about this many bytes of video at a time: the chunk stays cache-resident from
 # zeroing through drawing to its copy into the file, and bounds the float/index temporaries.
@@ -73,15 +79,6 @@ AUTO_PARALLEL_MIN_SECONDS = 2.0
 ASSUMED_BYTES_PER_SECOND = 1.0e9  # conservative single-core render+write rate
 TASK_INDEX_ENV = "WT_RUN_TASK_INDEX"
 TASK_COUNT_ENV = "WT_RUN_TASK_COUNT"
-# Random words per sample (a fixed block, so sample i's words start at i * WORDS_PER_SAMPLE):
-# trajectory parameters, then 4 jitter values per camera (up to 8), then the colour.
-WORDS_PER_SAMPLE = 64
-PHILOX_WORDS = 4  # 64-bit outputs per Philox4x64 counter step
-_TRAJECTORY_WORDS = slice(0, trajectories.PARAMETER_WORDS)
-_CAMERA_WORDS = slice(_TRAJECTORY_WORDS.stop, _TRAJECTORY_WORDS.stop + 4 * cameras.MAX_CAMERAS)
-_COLOUR_WORDS = slice(_CAMERA_WORDS.stop, _CAMERA_WORDS.stop + 3)
-
-
 @dataclass(frozen=True)
 class TaskSlice:
     """Task ``index`` of ``count`` concurrent processes: it owns shards ``k % count == index``."""
@@ -100,67 +97,36 @@ class TaskSlice:
         return shard % self.count == self.index
 
 
-def sample_uniforms(seed: int, start: int, stop: int) -> np.ndarray:
-    """Uniforms in [0, 1) of samples ``start..stop``, one row of ``WORDS_PER_SAMPLE`` each.
-
-    Sample ``i`` owns words ``[i * K, (i + 1) * K)`` of one Philox4x64 counter-based stream
-    keyed by the seed, so any range is a single contiguous draw that starts by setting the
-    counter, and is the same words whatever range it is drawn in. Raw 64-bit outputs keep
-    the stream independent of numpy's distribution code; the top 53 bits make the double.
-    """
-    key = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64)
-    philox = np.random.Philox(key=key, counter=start * (WORDS_PER_SAMPLE // PHILOX_WORDS))
-    raw = philox.random_raw((stop - start) * WORDS_PER_SAMPLE)
-    uniforms = (raw >> np.uint64(11)).astype(np.float64) * 2.0**-53
-    return uniforms.reshape(stop - start, WORDS_PER_SAMPLE)
-
-
-def sample_params(cfg: DataConfig, start: int, stop: int) -> dict[str, np.ndarray]:
-    """Everything about samples ``start..stop`` except pixels, vectorised over samples;
-    every value is elementwise in its sample's uniforms, so identical in any batch."""
-    uniforms = sample_uniforms(cfg.seed, start, stop)
-    labels = trajectories.label_for_index(np.arange(start, stop, dtype=np.int64))
-    jitter = cameras.jitter_from_uniforms(uniforms[:, _CAMERA_WORDS], cfg.cameras)
-    rig = cameras.rig_from_jitter(jitter, cfg.size)
-    return {
-        "positions": trajectories.sample_trajectories(uniforms[:, _TRAJECTORY_WORDS], labels,
-                                                      cfg.frames),
-        "labels": labels,
-        "intrinsics": rig.intrinsics,
-        "extrinsics": rig.extrinsics,
-        "colours": _between(uniforms[:, _COLOUR_WORDS][:, : cfg.channels], 0.4, 1.0)
-        .astype(np.float32),
-    }
-
-
-def _between(u: np.ndarray, low: float, high: float) -> np.ndarray:
-    return low + (high - low) * u
-
-
 def render_chunk(cfg: DataConfig) -> int:
     """Samples rendered per call: a chunk of about ``RENDER_CHUNK_BYTES``, small enough to
-    stay in cache while it is zeroed, drawn into and copied to its file."""
+    stay in cache while it is filled, drawn into and copied to its file."""
     return max(1, min(MAX_RENDER_CHUNK, RENDER_CHUNK_BYTES // cfg.bytes_per_sample))
 
 
 def video_chunks(cfg: DataConfig, params: Mapping[str, np.ndarray]) -> Iterator[np.ndarray]:
     """The videos of ``params``' samples, a chunk at a time, in one reused buffer: each
-    chunk is valid only until the next one is requested. The splat geometry is computed
-    for up to ``SPLAT_BATCH`` samples at once; only zeroing and drawing go chunk by chunk."""
+    chunk is valid only until the next one is requested. Backgrounds and blob geometry
+    are computed for up to ``SPLAT_BATCH`` samples at once; only filling and drawing go
+    chunk by chunk."""
     n = len(params["labels"])
     chunk = min(n, render_chunk(cfg))
     group = chunk * max(1, SPLAT_BATCH // chunk)
-    buffer = np.zeros((chunk, cfg.cameras, cfg.frames, cfg.channels, cfg.size, cfg.size),
+    buffer = np.empty((chunk, cfg.cameras, cfg.frames, cfg.channels, cfg.size, cfg.size),
                       dtype=np.uint8)
+    table = render.noise_table(cfg.seed, cfg.channels * cfg.size * cfg.size)
     for g in range(0, n, group):
         h = min(n, g + group)
-        drawn = render.splats(params["positions"][g:h, : cfg.frames], params["intrinsics"][g:h],
-                              params["extrinsics"][g:h], params["colours"][g:h], cfg.size)
+        background, occluders = render.backgrounds(params["background"][g:h], cfg.channels,
+                                                   cfg.size)
+        layers = scene_splats(cfg, params, g, h, occluders)
         for a in range(0, h - g, chunk):
-            view = buffer[: min(chunk, h - g - a)]
-            # Re-zeroing the whole cache-resident chunk is cheaper than scattering zeros back.
-            view.fill(0)
-            yield drawn.draw(view, a)
+            m = min(chunk, h - g - a)
+            view = buffer[:m]
+            render.frame_base(view, table, params["noise_rows"][g + a : g + a + m],
+                              background[a : a + m])
+            for layer in layers:
+                layer.draw(view, a)
+            yield view
 
 
 def shard_range(cfg: DataConfig, index: int) -> tuple[int, int]:

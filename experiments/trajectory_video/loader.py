@@ -51,14 +51,6 @@ class TrainingData:
         self.next_position = torch.from_numpy(target.astype(np.float32))
         self.labels = torch.from_numpy(data.labels.astype(np.int64))
 
-    def split(self, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-        """Train / val indices: the last ``val_fraction`` of samples, in whole class cycles."""
-        n = len(self.data)
-        n_val = max(4, round(n * val_fraction / 4) * 4)
-        if n_val >= n:
-            raise ValueError(f"dataset of {n} samples is too small for a validation split")
-        return np.arange(n - n_val), np.arange(n - n_val, n)
-
     def batch(self, indices: np.ndarray, pin: bool) -> Batch:
         shape = (len(indices), *self.data.video_shape)
         videos = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)

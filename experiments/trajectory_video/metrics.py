@@ -29,3 +29,19 @@ def per_class_f1(matrix: np.ndarray) -> np.ndarray:
 
 def macro_f1(matrix: np.ndarray) -> float:
     return float(per_class_f1(matrix).mean())
+
+
+def rmse(predicted: np.ndarray, target: np.ndarray) -> float:
+    """Root mean squared error over samples and coordinates: for 3D positions in world
+    units, the typical error per coordinate, in world units."""
+    diff = np.asarray(predicted, dtype=np.float64) - np.asarray(target, dtype=np.float64)
+    return float(np.sqrt(np.mean(diff**2)))
+
+
+def classification(predicted: np.ndarray, target: np.ndarray, classes: int,
+                   prefix: str = "") -> dict[str, object]:
+    """Accuracy, macro-F1, per-class F1 and the confusion matrix, keys prefixed."""
+    matrix = confusion_matrix(predicted, target, classes)
+    return {f"{prefix}accuracy": accuracy(matrix), f"{prefix}macro_f1": macro_f1(matrix),
+            f"{prefix}per_class_f1": per_class_f1(matrix).tolist(),
+            f"{prefix}confusion_matrix": matrix.tolist()}

@@ -34,10 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 import experiments.trajectory_video.extractors  # noqa: F401  (registers the extractors)
-from experiments.trajectory_video import metrics
+from experiments.trajectory_video import evaluation
 from experiments.trajectory_video.checkpoints import (
     list_checkpoints,
     load_newest,
@@ -57,8 +56,15 @@ from experiments.trajectory_video.dataset import (
     write_json_atomic,
 )
 from experiments.trajectory_video.loader import Batch, Prefetcher, TrainingData
+from experiments.trajectory_video.runtime import StopRequest, select_amp, select_device
+from experiments.trajectory_video.splits import split_indices
 from experiments.trajectory_video.trajectories import CLASS_NAMES, NUM_CLASSES
-from shared.base_extractor import VideoSpec, build_extractor, registered_extractors
+from shared.base_extractor import (
+    VideoSpec,
+    build_extractor,
+    registered_extractors,
+    split_feature_dim,
+)
 from shared.unified_model import UnifiedModel
 
 EXIT_TERM = 143  # 128 + SIGTERM: stopped, checkpoint saved
@@ -68,24 +74,6 @@ EXIT_CODES_HELP = (
     "SIGUSR1 (Slurm time limit or pre-emption near), rerun with --resume; 143 checkpoint "
     "saved after SIGTERM."
 )
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but CUDA is not available; use --set device=auto")
-    return device
-
-
-def select_amp(setting: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for full precision. auto = bf16 where CUDA supports it."""
-    if setting == "off" or (setting == "auto" and device.type != "cuda"):
-        return None
-    if setting == "fp16" or (setting == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16
-    return torch.bfloat16
 
 
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
@@ -113,23 +101,6 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-class StopRequest:
-    """Records SIGTERM / SIGUSR1; the loop polls it between steps."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous = {sig: signal.signal(sig, self._handle)
-                          for sig in (signal.SIGTERM, signal.SIGUSR1)}
-
-    def restore(self) -> None:
-        """Put back the handlers that were installed before (matters when run in-process)."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        self.signum = signum
-
-
 class Trainer:
     def __init__(self, args: argparse.Namespace, cfg: TrainConfig, out: Path) -> None:
         self.cfg = cfg
@@ -145,12 +116,15 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.data = TrainingData(TrajectoryVideoData(args.data))
-        self.train_idx, self.val_idx = self.data.split(cfg.val_fraction)
+        splits = split_indices(len(self.data.data), cfg.val_fraction, cfg.test_fraction)
+        self.train_idx, self.val_idx, self.test_idx = splits.train, splits.val, splits.test
         dcfg = self.data.data.config
         spec = VideoSpec(dcfg.channels, dcfg.frames, dcfg.size)
-        extractor = build_extractor(args.extractor, cfg.extractors.get(args.extractor, {}), spec)
+        options, feature_dim = split_feature_dim(cfg.extractors.get(args.extractor, {}))
+        extractor = build_extractor(args.extractor, options, spec)
         self.model = UnifiedModel(extractor, dcfg.cameras, NUM_CLASSES, cfg.fusion_dim,
-                                  cfg.dropout).to(self.device)
+                                  cfg.dropout, feature_dim).to(self.device)
+        self.pretrain_epochs = min(extractor.pretrain_epochs, cfg.epochs - 1)
         self.forward_model = torch.compile(self.model) if cfg.compile else self.model
         decay = [p for n, p in self.model.named_parameters() if p.ndim > 1]
         no_decay = [p for n, p in self.model.named_parameters() if p.ndim <= 1]
@@ -221,7 +195,16 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp or torch.float32,
                               enabled=self.amp is not None)
 
+    def pretraining(self) -> bool:
+        """Whether the epoch in progress trains the extractor's own objective (a
+        tokenizer's reconstruction) rather than the heads."""
+        return self.state.epoch < self.pretrain_epochs
+
     def losses(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.pretraining():
+            with self._autocast():
+                parts = self.model.pretrain_losses(batch.videos)
+            return sum(parts.values()), parts  # type: ignore[return-value]
         with self._autocast():
             logits, position = self.forward_model(batch.videos, batch.cameras)
         parts = {
@@ -248,40 +231,13 @@ class Trainer:
         self.scaler.update()
         return float(loss.detach())
 
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, Any]:
-        self.model.eval()
-        loader = Prefetcher(self.data, self.val_idx, self.cfg.batch_size, self.cfg.prefetch,
-                            pin=self.device.type == "cuda")
-        preds, labels, sq_err, loss_sum = [], [], [], 0.0
-        std = torch.as_tensor(self.data.position_std, device=self.device)
-        try:
-            for cpu_batch in loader:
-                batch = cpu_batch.to(self.device)
-                with self._autocast():
-                    logits, position = self.forward_model(batch.videos, batch.cameras)
-                loss = (F.cross_entropy(logits.float(), batch.labels, reduction="sum")
-                        + self.cfg.pos_loss_weight * F.mse_loss(
-                            position.float(), batch.next_position, reduction="none"
-                        ).mean(1).sum())
-                loss_sum += float(loss)
-                preds.append(logits.argmax(1).cpu())
-                labels.append(batch.labels.cpu())
-                # Squared error in world units (undo the target normalisation).
-                sq_err.append((((position.float() - batch.next_position) * std) ** 2).sum(1).cpu())
-        finally:
-            loader.close()
-            self.model.train()
-        matrix = metrics.confusion_matrix(torch.cat(preds).numpy(), torch.cat(labels).numpy(),
-                                          NUM_CLASSES)
-        return {
-            "val_loss": loss_sum / len(self.val_idx),
-            "val_accuracy": metrics.accuracy(matrix),
-            "val_macro_f1": metrics.macro_f1(matrix),
-            "val_next_pos_mse": float(torch.cat(sq_err).mean()),
-            "confusion_matrix": matrix.tolist(),
-            "per_class_f1": metrics.per_class_f1(matrix).tolist(),
-        }
+    def evaluate(self, split: str = "val") -> dict[str, Any]:
+        indices = self.val_idx if split == "val" else self.test_idx
+        return evaluation.evaluate(
+            self.model, self.data, indices, batch_size=self.cfg.batch_size,
+            prefetch=self.cfg.prefetch, device=self.device,
+            pos_loss_weight=self.cfg.pos_loss_weight, autocast=self._autocast,
+            prefix="val_" if split == "val" else "")
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The epoch's shuffled training order: a function of (seed, epoch) only, so a
@@ -295,6 +251,8 @@ class Trainer:
         self.model.train()
         st = self.state
         while st.epoch < self.cfg.epochs:
+            if self.pretrain_epochs:
+                self.model.extractor.set_frozen(not self.pretraining())
             loader = Prefetcher(self.data, self.epoch_order(st.epoch), self.cfg.batch_size,
                                 self.cfg.prefetch, pin=self.device.type == "cuda",
                                 start_batch=st.batch_in_epoch)
@@ -327,12 +285,13 @@ class Trainer:
 
     def end_epoch(self, seconds: float, wait: float, clips: int) -> None:
         st = self.state
-        evaluation = self.evaluate()
+        scores = self.evaluate()
         row = {
             "epoch": st.epoch + 1,
             "step": st.global_step,
+            "phase": "tokenizer" if self.pretraining() else "heads",
             "train_loss": st.loss_sum / max(1, st.loss_count),
-            **{k: v for k, v in evaluation.items() if k.startswith("val_")},
+            **{k: v for k, v in scores.items() if isinstance(v, float)},
             "lr": self.optimizer.param_groups[0]["lr"],
             "time": seconds,
             "clips_per_s": clips / seconds if seconds > 0 else 0.0,
@@ -347,7 +306,9 @@ class Trainer:
         print(
             f"epoch {st.epoch}/{self.cfg.epochs} train_loss {row['train_loss']:.4f} "
             f"val_acc {row['val_accuracy']:.3f} val_f1 {row['val_macro_f1']:.3f} "
-            f"next_pos_mse {row['val_next_pos_mse']:.4f} {row['clips_per_s']:.1f} clips/s "
+            f"next_pos_rmse {row['val_next_pos_rmse']:.4f} "
+            + (f"recon_psnr {row['val_recon_psnr']:.2f} " if "val_recon_psnr" in row else "")
+            + f"{row['clips_per_s']:.1f} clips/s "
             f"data_wait {100 * row['data_wait_fraction']:.1f}%",
             flush=True,
         )
@@ -367,25 +328,30 @@ class Trainer:
         return EXIT_TEMPFAIL if signum == signal.SIGUSR1 else EXIT_TERM
 
     def finish(self) -> dict[str, Any]:
-        evaluation = self.evaluate()
+        if self.pretrain_epochs:
+            self.model.extractor.set_frozen(True)
+        val = self.evaluate("val")
+        test = self.evaluate("test")
         st = self.state
         if self.device.type == "cuda":
             peak, peak_kind = torch.cuda.max_memory_allocated(self.device), "cuda_max_allocated"
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             peak_kind = "process_max_rss"
+        test["per_class_f1"] = dict(zip(CLASS_NAMES, test["per_class_f1"], strict=True))
+        val.pop("val_per_class_f1")
+        val.pop("val_confusion_matrix")
         summary = {
             "extractor": self.extractor_name,
-            "accuracy": evaluation["val_accuracy"],
-            "macro_f1": evaluation["val_macro_f1"],
-            "per_class_f1": dict(zip(CLASS_NAMES, evaluation["per_class_f1"], strict=True)),
-            "confusion_matrix": evaluation["confusion_matrix"],
+            **test,  # accuracy, macro_f1, next_pos_rmse, ...: the held-out test split
+            "class_names": list(CLASS_NAMES),
             "confusion_matrix_axes": "rows: true class, columns: predicted; order "
             + ", ".join(CLASS_NAMES),
-            "next_pos_mse": evaluation["val_next_pos_mse"],
-            "val_loss": evaluation["val_loss"],
+            **val,
+            "feature_dim": self.model.feature_dim,
             "param_count": sum(p.numel() for p in self.model.parameters()),
-            **self.flops_per_clip(),
+            **evaluation.flops_per_clip(self.model, self.data, int(self.val_idx[0]),
+                                        self.device),
             "train_time_s": st.train_seconds,
             "train_throughput_clips_per_s": st.train_clips / st.train_seconds
             if st.train_seconds > 0 else 0.0,
@@ -397,28 +363,15 @@ class Trainer:
             else torch.cuda.get_device_name(self.device),
             "amp": str(self.amp).replace("torch.", "") if self.amp else "off",
             "epochs": self.cfg.epochs,
+            "tokenizer_epochs": self.pretrain_epochs,
             "steps": st.global_step,
             "train_samples": len(self.train_idx),
             "val_samples": len(self.val_idx),
+            "test_samples": len(self.test_idx),
         }
         write_json_atomic(self.out / "metrics.json", summary)
         self.write_progress("done", force=True)
         return summary
-
-    @torch.no_grad()
-    def flops_per_clip(self) -> dict[str, Any]:
-        """Forward FLOPs of one clip (all camera views), counted by FlopCounterMode."""
-        self.model.eval()
-        batch = self.data.batch(self.val_idx[:1], pin=False).to(self.device)
-        with FlopCounterMode(display=False) as counter:
-            self.model(batch.videos, batch.cameras)
-        self.model.train()
-        return {
-            "flops_per_clip": int(counter.get_total_flops()),
-            "flops_method": "torch.utils.flop_counter.FlopCounterMode, one clip (all views), "
-            "forward only; counts matmul/conv/attention as 2 FLOPs per multiply-add, "
-            "ignores elementwise ops",
-        }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -471,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(out / "config.json", {"extractor": args.extractor, "data": args.data,
                                                 **cfg.to_dict()})
         print(f"training {args.extractor} on {trainer.device} (amp: {trainer.amp or 'off'}), "
-              f"{len(trainer.train_idx)} train / {len(trainer.val_idx)} val clips, "
+              f"{len(trainer.train_idx)} train / {len(trainer.val_idx)} val / "
+              f"{len(trainer.test_idx)} test clips, "
               f"{trainer.steps_per_epoch} steps/epoch"
               + (f", resumed at step {trainer.state.global_step}" if resumed else ""),
               flush=True)
@@ -491,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         if trainer is not None:
             trainer.stop.restore()
     print(json.dumps({k: summary[k] for k in (
-        "accuracy", "macro_f1", "next_pos_mse", "param_count", "flops_per_clip",
+        "accuracy", "macro_f1", "next_pos_rmse", "param_count", "flops_per_clip",
         "train_throughput_clips_per_s", "data_wait_fraction")}))
     return 0
 

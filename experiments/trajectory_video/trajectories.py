@@ -19,7 +19,8 @@ from experiments.trajectory_video.cameras import cross
 
 CLASS_NAMES: tuple[str, ...] = ("linear", "circular", "helical", "parabolic")
 NUM_CLASSES = len(CLASS_NAMES)
-PARAMETER_WORDS = 16  # uniforms reserved per sample; the classes use 7 to 11 of them
+PARAMETER_WORDS = 16  # uniforms per sample: words 0-9 shape the classes, 14 is every
+# class's path length, 15 its time warp
 
 
 def label_for_index(index: int | np.ndarray) -> int | np.ndarray:
@@ -61,46 +62,81 @@ def _ring(angle: np.ndarray, u: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.cos(angle)[..., None] * u[:, None] + np.sin(angle)[..., None] * w[:, None]
 
 
+# Every class draws its path length from the same range (word 14) and its speed profile
+# from the same random warp (word 15), and the shapes' ranges overlap (short arcs, shallow
+# helices and flat throws are nearly straight), so no global statistic of the path --
+# length, extent, speed -- tells the classes apart; the shape does. The warp also keeps
+# constant-velocity extrapolation from being exact.
+PATH_LENGTH = (1.0, 2.5)  # world units, over s in [0, 1]
+
+
+def time_warp(u: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``(n, P)`` warped times ``s + w s (1 - s)``, ``w`` in [-0.6, 0.6]: monotonic, fixed
+    ends, speed varying by up to 4x along the path."""
+    w = _between(u, -0.6, 0.6)[:, None]
+    return s[None] + w * s[None] * (1.0 - s[None])
+
+
+def _length(p: np.ndarray) -> np.ndarray:
+    return _between(p[:, 14], *PATH_LENGTH)
+
+
 def linear(p: np.ndarray, s: np.ndarray) -> np.ndarray:
-    start = _between(p[:, 0:3], -0.8, 0.8)
-    length = _between(p[:, 3:4], 0.8, 1.6)
-    end = np.clip(start + length * unit_vectors(p[:, 4], p[:, 5]), -1.0, 1.0)
-    return start[:, None] + (end - start)[:, None] * s[:, None]
+    """Motion along a straight line, easing in and out, that may turn back: it covers
+    ``k`` in [1, 2.5] half-swings of ``length / k`` each (a shuttle on a rail)."""
+    start = _between(p[:, 0:3], -0.6, 0.6)
+    swings = _between(p[:, 6], 1.0, 2.5)
+    step = (_length(p) / swings)[:, None] * unit_vectors(p[:, 4], p[:, 5])
+    t = time_warp(p[:, 15], s)
+    along = 0.5 * (1.0 - np.cos(np.pi * swings[:, None] * t))
+    return start[:, None] + step[:, None] * along[..., None]
 
 
 def circular(p: np.ndarray, s: np.ndarray) -> np.ndarray:
     centre = _between(p[:, 0:3], -0.3, 0.3)
-    radius = _between(p[:, 3], 0.3, 0.7)
+    span = _between(p[:, 6], 0.5, 1.6) * np.pi
+    radius = _length(p) / span
     u, w = plane_basis(unit_vectors(p[:, 4], p[:, 5]))
-    span = _between(p[:, 6], 1.2, 2.0) * np.pi * _sign(p[:, 7])
-    angle = _between(p[:, 8], 0.0, 2 * np.pi)[:, None] + span[:, None] * s
+    t = time_warp(p[:, 15], s)
+    angle = (_between(p[:, 8], 0.0, 2 * np.pi)[:, None]
+             + (span * _sign(p[:, 7]))[:, None] * t)
     return centre[:, None] + radius[:, None, None] * _ring(angle, u, w)
 
 
 def helical(p: np.ndarray, s: np.ndarray) -> np.ndarray:
     centre = _between(p[:, 0:3], -0.2, 0.2)
     axis = unit_vectors(p[:, 3], p[:, 4])
-    radius = _between(p[:, 5], 0.25, 0.5)
-    turns = _between(p[:, 6], 1.5, 3.0) * _sign(p[:, 7])
-    height = _between(p[:, 8], 0.6, 1.2)
+    turns = _between(p[:, 6], 0.6, 2.0)
+    length = _length(p)
+    height = length * _between(p[:, 5], 0.2, 0.7)
+    radius = np.sqrt(length**2 - height**2) / (2 * np.pi * turns)
     u, w = plane_basis(axis)
-    angle = _between(p[:, 9], 0.0, 2 * np.pi)[:, None] + 2 * np.pi * turns[:, None] * s
-    rise = (height[:, None] * (s - 0.5))[..., None] * axis[:, None]
+    t = time_warp(p[:, 15], s)
+    angle = (_between(p[:, 9], 0.0, 2 * np.pi)[:, None]
+             + (2 * np.pi * turns * _sign(p[:, 7]))[:, None] * t)
+    rise = (height[:, None] * (t - 0.5))[..., None] * axis[:, None]
     return centre[:, None] + radius[:, None, None] * _ring(angle, u, w) + rise
 
 
 def parabolic(p: np.ndarray, s: np.ndarray) -> np.ndarray:
-    gravity = _between(p[:, 0], 2.5, 4.0)
+    """A throw under gravity, rescaled about its start to the sample's path length."""
+    gravity = _between(p[:, 0], 1.0, 4.0)
     start = np.stack([_between(p[:, 1], -0.7, 0.7), _between(p[:, 2], -0.7, 0.7),
-                      _between(p[:, 3], -0.8, -0.4)], axis=-1)
+                      _between(p[:, 3], -0.6, 0.0)], axis=-1)
     heading = _between(p[:, 4], 0.0, 2 * np.pi)
-    speed = _between(p[:, 5], 0.6, 1.4)
-    # The apex falls inside the clip (s in [0.35, 0.65]) so the arc is always visible.
-    v_up = gravity * _between(p[:, 6], 0.35, 0.65)
+    speed = _between(p[:, 5], 0.3, 1.5)
+    # The apex falls inside the clip (t in [0.3, 0.7]) so the arc is visible.
+    v_up = gravity * _between(p[:, 6], 0.3, 0.7)
     velocity = np.stack([speed * np.cos(heading), speed * np.sin(heading), v_up], axis=-1)
-    pos = start[:, None] + velocity[:, None] * s[:, None]
-    pos[..., 2] -= 0.5 * gravity[:, None] * s**2
-    return pos
+    t = time_warp(p[:, 15], s)
+    shape = velocity[:, None] * t[..., None]
+    shape[..., 2] -= 0.5 * gravity[:, None] * t**2
+    # The arc length of the unwarped throw over s in [0, 1], from 64 chords.
+    fine = np.linspace(0.0, 1.0, 65)
+    ref = velocity[:, None] * fine[None, :, None]
+    ref[..., 2] -= 0.5 * gravity[:, None] * fine**2
+    arc = np.sqrt((np.diff(ref, axis=1) ** 2).sum(-1)).sum(-1)
+    return start[:, None] + shape * (_length(p) / arc)[:, None, None]
 
 
 _GENERATORS: tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], ...] = (

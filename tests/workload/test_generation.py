@@ -122,9 +122,9 @@ def test_sample_uniforms_are_fixed_blocks_of_one_stream() -> None:
     assert whole.min() >= 0.0 and whole.max() < 1.0
     # Pinned: the stream is raw Philox4x64 words, so these never change with numpy's
     # distribution code; a change here changes every dataset (bump dataset.FORMAT).
-    assert whole[5, :3].tolist() == [0.20901348199570535, 0.27838666996641415,
-                                     0.7781932643047036]
-    assert generate.sample_uniforms(7, 10**6, 10**6 + 1)[0, -1] == 0.6422909540321586
+    assert whole[5, :3].tolist() == [0.933810432563599, 0.23591881313708962,
+                                     0.26044352005641813]
+    assert generate.sample_uniforms(7, 10**6, 10**6 + 1)[0, -1] == 0.48490898158221063
     assert not np.array_equal(generate.sample_uniforms(1, 0, 10), whole)
 
 
@@ -140,17 +140,33 @@ def test_streamed_array_file_is_byte_identical_to_np_save(tmp_path: Path) -> Non
 
 
 def test_render_is_batch_independent(tiny_data_config: DataConfig) -> None:
-    arrays = generate.render_shard(tiny_data_config, 0)
-    video = arrays["video"].copy()
-    frames = tiny_data_config.frames
+    params = generate.sample_params(tiny_data_config, 0, 8)
+    video = np.concatenate([c.copy() for c in generate.video_chunks(tiny_data_config, params)])
     for i in (0, 3):
-        single = render.render_batch(
-            arrays["positions"][i : i + 1, :frames], arrays["intrinsics"][i : i + 1],
-            arrays["extrinsics"][i : i + 1], arrays["colours"][i : i + 1],
-            tiny_data_config.size,
-        )
+        alone = {k: v[i : i + 1] for k, v in params.items()}
+        single = next(generate.video_chunks(tiny_data_config, alone))
         np.testing.assert_array_equal(single[0], video[i])
-    assert video.max() > 100  # the splats are actually drawn
+    # Backgrounds, blobs and noise are all drawn: no flat frames, and the target is brighter
+    # than any background.
+    assert video.std(axis=(-1, -2)).min() > 1.0
+    assert video.max() > render.MAX_LEVEL - render.NOISE_MAX
+
+
+def test_scene_varies_like_a_real_recording(tiny_data_config: DataConfig) -> None:
+    """Per-sample cameras over a real range, varied target sizes, some occluded views."""
+    cfg = replace(tiny_data_config, samples=400)
+    params = generate.sample_params(cfg, 0, cfg.samples)
+    eye = -np.einsum("nvij,nvi->nvj", params["extrinsics"][..., :3],
+                     params["extrinsics"][..., 3])  # camera centres in world coordinates
+    elevation = np.degrees(np.arcsin(eye[..., 2] / np.linalg.norm(eye, axis=-1)))
+    azimuth = np.degrees(np.arctan2(eye[..., 1], eye[..., 0]))
+    assert elevation.min() < 15 and elevation.max() > 45
+    first_view = (azimuth[:, 0] - 45 + 180) % 360 - 180  # around its rig slot at 45 degrees
+    assert first_view.min() < -30 and first_view.max() > 30
+    assert params["sigma"].max() > 1.6 * params["sigma"].min()
+    _, occluders = render.backgrounds(params["background"], cfg.channels, cfg.size)
+    occluded = occluders[..., 1] > occluders[..., 0]
+    assert 0.2 < occluded.mean() < 0.6
 
 
 def test_resume_after_interruption(tmp_path: Path, tiny_data_config: DataConfig,
@@ -235,8 +251,10 @@ def test_known_point_projects_to_expected_pixel() -> None:
                                             batch(extrinsics))
     assert (centre_u.item(), centre_v.item()) == pytest.approx(((size - 1) / 2,) * 2)
 
-    video = render.render_batch(point[None, None].astype(np.float32), batch(intrinsics),
-                                batch(extrinsics), np.ones((1, 1), np.float32), size)
+    blob = render.splats(point[None, None].astype(np.float32), batch(intrinsics),
+                         batch(extrinsics), np.ones((1, 1), np.float32), np.array([0.1]),
+                         np.array([1.0]), np.zeros((1, 1, 4)), size, 3)
+    video = blob.draw(np.zeros((1, *blob.shape), dtype=np.uint8))
     frame = video[0, 0, 0, 0]
     row, col = np.unravel_index(frame.argmax(), frame.shape)
     assert (row, col) == (round(expected_v), round(expected_u))

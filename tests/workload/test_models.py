@@ -13,7 +13,12 @@ from experiments.trajectory_video import metrics
 from experiments.trajectory_video.config import CONFIG_DIR, load_yaml
 from experiments.trajectory_video.extractors.i3d import inflate_conv2d
 from experiments.trajectory_video.extractors.magvit import LookupFreeQuantizer, MagVitEncoder
-from shared.base_extractor import VideoSpec, build_extractor, registered_extractors
+from shared.base_extractor import (
+    VideoSpec,
+    build_extractor,
+    registered_extractors,
+    split_feature_dim,
+)
 from shared.unified_model import CAMERA_FEATURES, UnifiedModel
 
 SPEC = VideoSpec(channels=3, frames=8, size=16)
@@ -118,3 +123,36 @@ def test_macro_f1_and_confusion() -> None:
     assert metrics.accuracy(matrix) == 0.5
     # F1 per class: 2/3, 2/3, 0, 0.
     assert metrics.macro_f1(matrix) == pytest.approx((2 / 3 + 2 / 3) / 4)
+
+
+def test_magvit_decoder_reconstructs_the_clip_shape_and_freezing_stops_gradients() -> None:
+    torch.manual_seed(0)
+    extractor = build_extractor("magvit", TINY["magvit"], SPEC)
+    video = torch.rand(2, 3, 8, 16, 16)
+    with torch.no_grad():
+        recon, tokens, _ = extractor.tokenize(video)
+    assert recon.shape == video.shape and 0.0 <= float(recon.min()) <= float(recon.max()) <= 1
+    assert int(tokens.min()) >= 0 and int(tokens.max()) < 2 ** TINY["magvit"]["bits"]
+    losses = extractor.pretrain_losses(video)
+    assert set(losses) == {"reconstruction", "lfq_commitment", "lfq_entropy"}
+    extractor.set_frozen(True)
+    extractor(video).sum().backward()
+    assert all(p.grad is None for p in extractor.encoder.parameters())
+    assert all(p.grad is not None for p in extractor.embed.parameters())
+    assert extractor.auxiliary_losses() == {}
+
+
+def test_feature_dim_projection() -> None:
+    model = UnifiedModel(build_extractor("i3d", TINY["i3d"], SPEC), views=4, num_classes=4,
+                         fusion_dim=16, feature_dim=40)
+    videos = torch.randint(0, 256, (2, 4, 8, 3, 16, 16), dtype=torch.uint8)
+    assert model.features(videos).shape == (8, 40) and model.feature_dim == 40
+    with pytest.raises(ValueError, match="feature_dim"):
+        split_feature_dim({"feature_dim": -1})
+    assert split_feature_dim({"width": 4, "feature_dim": 8}) == ({"width": 4}, 8)
+
+
+def test_rmse_is_mean_over_coordinates() -> None:
+    predicted = np.zeros((2, 3))
+    target = np.array([[3.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    assert metrics.rmse(predicted, target) == pytest.approx(np.sqrt(9.0 / 6))

@@ -58,16 +58,19 @@ def test_train_checkpoint_resume_metrics(tmp_path: Path, tiny_dataset: Path) -> 
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    for key in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_next_pos_mse",
-                "lr", "time", "data_wait_fraction"):
+    for key in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1",
+                "val_next_pos_rmse", "lr", "time", "data_wait_fraction"):
         assert key in rows[-1]
     summary = json.loads((out / "metrics.json").read_text())
-    for key in ("accuracy", "macro_f1", "confusion_matrix", "next_pos_mse", "param_count",
+    for key in ("accuracy", "macro_f1", "confusion_matrix", "next_pos_rmse", "val_accuracy",
+                "val_macro_f1", "val_next_pos_rmse", "param_count", "feature_dim",
                 "flops_per_clip", "flops_method", "train_time_s",
                 "train_throughput_clips_per_s", "peak_memory_bytes", "device"):
         assert key in summary
+    # accuracy and the confusion matrix are the held-out test split's, apart from val.
     matrix = summary["confusion_matrix"]
-    assert len(matrix) == 4 and sum(map(sum, matrix)) == summary["val_samples"]
+    assert len(matrix) == 4 and sum(map(sum, matrix)) == summary["test_samples"]
+    assert summary["train_samples"] + summary["val_samples"] + summary["test_samples"] == 24
     assert summary["flops_per_clip"] > 0 and summary["param_count"] > 0
     assert summary["device"] == "cpu"
     progress = json.loads((out / "progress.json").read_text())
@@ -182,3 +185,30 @@ def test_other_extractors_train_end_to_end(tmp_path: Path, tiny_dataset: Path,
     assert code == 0
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["extractor"] == extractor and summary["steps"] == 2
+
+
+def test_magvit_trains_its_tokenizer_first_then_the_heads(tmp_path: Path,
+                                                          tiny_dataset: Path) -> None:
+    out = tmp_path / "magvit"
+    assert train.main(["--extractor", "magvit", "--data", str(tiny_dataset), "--out", str(out),
+                       "--config", TINY, "--epochs", "2"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in rows] == ["tokenizer", "heads"]
+    weights = [torch.load(p, weights_only=False)["model"] for p in list_checkpoints(out)]
+    # The heads epoch leaves the tokenizer (encoder, decoder) alone and trains the heads.
+    for name in ("extractor.encoder.0.conv.weight", "extractor.decoder.body.0.conv.weight"):
+        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=0, atol=0)
+    assert not torch.equal(weights[0]["class_head.weight"], weights[1]["class_head.weight"])
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["tokenizer_epochs"] == 1
+    assert 5.0 < summary["val_recon_psnr"] < 60.0
+    assert 0.0 < summary["val_codebook_usage"] <= 1.0
+    assert 1.0 <= summary["val_codebook_effective_codes"] <= 16.0  # 4 bits: 16 codes
+
+
+def test_feature_dim_projects_the_features(tmp_path: Path, tiny_dataset: Path) -> None:
+    out = tmp_path / "projected"
+    assert train.main(["--extractor", "i3d", "--data", str(tiny_dataset), "--out", str(out),
+                       "--config", TINY, "--epochs", "1", "--set", "max_steps_per_epoch=1",
+                       "--set", "extractors.i3d.feature_dim=24"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["feature_dim"] == 24

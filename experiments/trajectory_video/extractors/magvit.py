@@ -7,7 +7,11 @@ temporal) downsampling, and lookup-free quantisation (LFQ): each latent channel 
 quantised to its sign, the token is the integer spelled by those bits (codebook size
 2^bits, no embedding table), gradients pass straight through, and training adds a
 commitment loss plus the entropy loss (low per-token entropy, high codebook usage).
-Features are the quantised latents embedded by a 1x1x1 conv and pooled on a grid.
+A decoder mirrors the encoder (nearest upsampling + causal convs) and reconstructs the
+clip from the quantised latents. As in the source plan, the tokenizer (encoder, LFQ,
+decoder) is trained first on reconstruction plus the LFQ losses for ``tokenizer_epochs``
+epochs; then it is frozen and the multi-task heads train on its codes. Features are the
+quantised latents embedded by a 1x1x1 conv and pooled on a grid.
 """
 
 from __future__ import annotations
@@ -112,6 +116,35 @@ class MagVitConfig:
     commitment_weight: float = 0.25
     entropy_weight: float = 0.1
     grid: tuple[int, int, int] = (2, 2, 2)
+    tokenizer_epochs: int = 2  # epochs of tokenizer training before the heads train
+
+
+class MagVitDecoder(nn.Module):
+    """Quantised latents ``(N, bits, T', H', W')`` -> clip ``(N, C, T, H, W)`` in [0, 1]."""
+
+    def __init__(self, cfg: MagVitConfig, spec: VideoSpec) -> None:
+        super().__init__()
+        channels = cfg.width * cfg.multipliers[-1]
+        layers: list[nn.Module] = [CausalConv3d(cfg.bits, channels),
+                                   CausalResBlock(channels, channels)]
+        for mult, down_t in reversed(list(zip(cfg.multipliers, cfg.temporal_down,
+                                              strict=True))):
+            out = cfg.width * mult
+            layers += [nn.Upsample(scale_factor=(2 if down_t else 1, 2, 2), mode="nearest"),
+                       CausalConv3d(channels, out), CausalResBlock(out, out)]
+            channels = out
+        if cfg.stem_stride > 1:
+            layers.append(nn.Upsample(scale_factor=(1, cfg.stem_stride, cfg.stem_stride),
+                                      mode="nearest"))
+        layers += [_norm(channels), nn.SiLU(), CausalConv3d(channels, spec.channels)]
+        self.body = nn.Sequential(*layers)
+        self.shape = (spec.frames, spec.size, spec.size)
+
+    def forward(self, quantised: torch.Tensor) -> torch.Tensor:
+        x = self.body(quantised)
+        if tuple(x.shape[2:]) != self.shape:  # odd sizes: strided convs rounded down
+            x = F.interpolate(x, size=self.shape, mode="nearest")
+        return torch.sigmoid(x)
 
 
 @register_extractor("magvit")
@@ -135,6 +168,9 @@ class MagVitEncoder(VideoExtractor):
                    nn.Conv3d(channels, cfg.bits, 1)]
         self.encoder = nn.Sequential(*layers)
         self.quantizer = LookupFreeQuantizer(cfg.bits)
+        self.decoder = MagVitDecoder(cfg, spec)
+        self.pretrain_epochs = cfg.tokenizer_epochs
+        self.frozen = False
         self.embed = nn.Sequential(nn.Conv3d(cfg.bits, cfg.embed_dim, 1), nn.GELU())
         self.cfg = cfg
         self.grid = tuple(cfg.grid)
@@ -142,14 +178,36 @@ class MagVitEncoder(VideoExtractor):
         self._losses: dict[str, torch.Tensor] = {}
         self.last_tokens: torch.Tensor | None = None
 
+    def _lfq_losses(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"lfq_commitment": self.cfg.commitment_weight * losses["commitment"],
+                "lfq_entropy": self.cfg.entropy_weight * losses["entropy"]}
+
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        quantised, tokens, losses = self.quantizer(self.encoder(video))
+        if self.frozen:
+            with torch.no_grad():
+                quantised, tokens, _ = self.quantizer(self.encoder(video))
+            self._losses = {}
+        else:
+            quantised, tokens, losses = self.quantizer(self.encoder(video))
+            self._losses = self._lfq_losses(losses)
         self.last_tokens = tokens.detach()
-        self._losses = {
-            "lfq_commitment": self.cfg.commitment_weight * losses["commitment"],
-            "lfq_entropy": self.cfg.entropy_weight * losses["entropy"],
-        }
         return grid_pool(self.embed(quantised.to(video.dtype)), self.grid)
+
+    def tokenize(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                      dict[str, torch.Tensor]]:
+        """``video`` -> (reconstruction, token ids, weighted LFQ losses)."""
+        quantised, tokens, losses = self.quantizer(self.encoder(video))
+        return self.decoder(quantised), tokens, self._lfq_losses(losses)
+
+    def pretrain_losses(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        recon, tokens, losses = self.tokenize(video)
+        self.last_tokens = tokens.detach()
+        return {"reconstruction": F.mse_loss(recon.float(), video.float()), **losses}
+
+    def set_frozen(self, frozen: bool) -> None:
+        self.frozen = frozen
+        for module in (self.encoder, self.quantizer, self.decoder):
+            module.requires_grad_(not frozen)
 
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
         return dict(self._losses) if self.training else {}

@@ -39,7 +39,7 @@ INFO_KEYS: dict[str, tuple[str, ...]] = {
 }
 INFO_LIKE = re.compile(r"(^|_)(params?|flops|macs|throughput|memory|mem|time_s|device|lr|"
                        r"learning_rate|seed)($|_)")
-HEADLINE = ("accuracy", "macro_f1", "next_pos_mse")
+HEADLINE = ("accuracy", "macro_f1", "next_pos_rmse", "val_accuracy", "next_pos_mse")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".bin", ".h5", ".pkl", ".npz")
 TB_PREFIX = "events.out.tfevents"
 REFERENCE_PREFIX = "baseline-"

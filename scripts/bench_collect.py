@@ -45,7 +45,7 @@ WRITE_CKPTS = ("import os, sys\n"
 
 def make_run(base: Path, server: SSHServer, files: int, size_mib: int) -> tuple[Path, str]:
     """A repo whose one branch writes `files` checkpoints on the ssh host, launched there."""
-    from worktree_runner import api
+    from worktree_runner import api, launching
     from worktree_runner.config import load_config
 
     repo = base / "repo"
@@ -62,7 +62,7 @@ def make_run(base: Path, server: SSHServer, files: int, size_mib: int) -> tuple[
         "branches:\n  bench: {branch: bench}\n"
         f"commands:\n  train: {sys.executable} write_ckpts.py {{out}} {files} {per_file}\n")
     config = load_config(repo / "wt-run.yaml")
-    report = api.launch(config, ["bench"], hosts=["ssh"])
+    report = launching.launch(config, ["bench"], hosts=["ssh"])
     assert report.ok, report.outcomes
     final = api.wait(config, report.run, interval=0.5)
     assert final.all_succeeded, [w.to_json() for w in final.workers]

@@ -63,7 +63,7 @@ def wt_launch(tmp: Path, n: int, array: bool | None) -> tuple[float, float, floa
     branches = {f"w{i}": {"branch": f"bench/w{i}", "vars": {"mode": "ok"}} for i in range(n)}
     host = {} if array is None else {"array": array}
     config = make_project(tmp, branches, root=tmp / "shared", host=host, command=COMMAND)
-    from worktree_runner import api
+    from worktree_runner import launching
     from worktree_runner import slurm as slurm_mod
     from worktree_runner.config import load_config
 
@@ -83,7 +83,7 @@ def wt_launch(tmp: Path, n: int, array: bool | None) -> tuple[float, float, floa
     slurm_mod.submit_slurm = timed_submit
     try:
         t0 = time.perf_counter()
-        report = api.launch(cfg, list(branches), hosts=["hpc"])
+        report = launching.launch(cfg, list(branches), hosts=["hpc"])
         launched = time.perf_counter() - t0
     finally:
         slurm_mod.submit_slurm = real_submit

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .api import _host_records, _still_live, status
+from .api import host_records, parallel_map, status, still_live
+from .backends import backend_for
 from .config import Config
 from .errors import WtRunError
-from .hosts import open_host
 from .runs import RunStore, WorkerRecord, group_by_host
 
 
@@ -38,8 +37,8 @@ def clean_worktrees(config: Config, *, dry_run: bool = False, force: bool = Fals
 
     store = RunStore(config.state_dir)
     with store.planning():
-        busy = {rec.name for rec in _still_live(
-            config, (r for _, r in _host_records(store, "local")))}
+        busy = {rec.name for rec in still_live(
+            config, (r for _, r in host_records(store, "local")))}
         plans = plan_removal(config, busy)
         if not force:
             _refuse_uncollected(config, store, [p.path for p in plans
@@ -108,7 +107,7 @@ def _result_files(worktree: Path, patterns: Sequence[str], shared: Sequence[str]
 def _newest_record(store: RunStore, worktree: Path) -> tuple[str, WorkerRecord] | None:
     """The run and record that used this worktree last."""
     real = os.path.realpath(worktree)
-    found = [(rec.launched_at or 0.0, run, rec) for run, rec in _host_records(store, "local")
+    found = [(rec.launched_at or 0.0, run, rec) for run, rec in host_records(store, "local")
              if os.path.realpath(rec.worktree) == real]
     if not found:
         return None
@@ -152,15 +151,17 @@ def clean_run(config: Config, run: str, *, dry_run: bool = False, force: bool = 
             raise WtRunError(f"run {run_id} has results not collected yet "
                              f"({', '.join(uncollected)})",
                              f"run `wt-run collect --run {run_id}` first, or pass --force")
-        actions: list[CleanAction] = []
-        for host_name, recs in group_by_host(w.record for w in report.workers).items():
-            dirs = sorted({r.worker_dir.rsplit("/workers/", 1)[0] for r in recs})
-            for d in dirs:
-                actions.append(CleanAction("remove run files", f"{host_name}:{d}", not dry_run))
-            if dry_run or host_name == "local":
-                continue
-            with open_host(config, host_name) as host:
-                host.run_script("".join(f"rm -rf -- {shlex.quote(d)}\n" for d in dirs)).check()
+        hosts = list(group_by_host(w.record for w in report.workers))
+
+        def remove(host_name: str) -> CleanAction:
+            backend = backend_for(config, host_name)
+            if dry_run:
+                return CleanAction("remove run files",
+                                   f"{host_name}:{backend.layout().run_dir(run_id)}", False)
+            return CleanAction("remove run files",
+                               f"{host_name}:{backend.remove_run_files(run_id)}", True)
+
+        actions = parallel_map(remove, hosts)
         local_dir = store.run_dir(run_id)
         if not any(a.target == f"local:{local_dir}" for a in actions):
             actions.append(CleanAction("remove run files", f"local:{local_dir}", not dry_run))

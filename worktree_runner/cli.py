@@ -91,9 +91,9 @@ def init(force: bool, target: str) -> None:
 @pass_state
 def setup(state: AppState, host: str, dry_run: bool) -> None:
     """Prepare a host: directories, repository, virtualenv, shared paths (idempotent)."""
-    from .sync import setup_host
+    from . import api
 
-    for line in setup_host(state.config, host, dry_run=dry_run):
+    for line in api.setup(state.config, host, dry_run=dry_run):
         click.echo(line)
 
 
@@ -126,9 +126,9 @@ def generate(state: AppState, host: str | None, run: str | None, wait: bool, for
 
     Arguments after `--` are appended to the command, e.g.
     `wt-run generate -- --samples 2000`."""
-    from . import api
+    from . import launching
 
-    report = api.generate(state.config, host=host, run=run, extra_args=extra, force=force,
+    report = launching.generate(state.config, host=host, run=run, extra_args=extra, force=force,
                           dry_run=dry_run)
     _finish_launch(state, report, wait)
 
@@ -164,10 +164,10 @@ def launch(state: AppState, branches: tuple[str, ...], hosts: tuple[str, ...], r
     wt-run launch --branches a b c d --host gpu1 --host gpu2  # spread over hosts
     wt-run launch --branches i3d slowfast --set lr=1e-3,3e-4 --seeds 3 --dry-run
     """
-    from . import api
+    from . import launching
     from .variants import parse_set_options
 
-    report = api.launch(state.config, [*branches, *more], hosts=hosts, run=run, force=force,
+    report = launching.launch(state.config, [*branches, *more], hosts=hosts, run=run, force=force,
                         dry_run=dry_run, sets=parse_set_options(sets), seeds=seeds)
     _finish_launch(state, report, wait)
 

@@ -59,9 +59,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
+from .backends import open_host
 from .config import Config
 from .errors import HostUnreachable, WtRunError
-from .hosts import Host, LocalHost, open_host
+from .hosts import Host, LocalHost
 from .observe import query_workers
 from .runs import RunStore, WorkerRecord, atomic_write_text, group_by_host
 from .states import Observation, WorkerState

@@ -17,7 +17,7 @@ import yaml
 
 from .errors import ConfigError
 from .names import check_branch_name, check_worker_name
-from .variants import RetryPolicy, parse_matrix, parse_retry, parse_seeds
+from .policies import RetryPolicy, parse_matrix, parse_retry, parse_seeds
 
 CONFIG_NAMES = ("wt-run.yaml", "configs/wt-run.yaml")
 

@@ -9,8 +9,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from .api import LaunchReport, StatusReport, StopOutcome
 from .observe import eta_seconds, progress_fraction
+from .reports import LaunchReport, StatusReport, StopOutcome
 from .states import WorkerState
 
 STATE_STYLE = {

@@ -9,12 +9,9 @@ import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from .errors import CommandFailed, HostUnreachable
-
-if TYPE_CHECKING:
-    from .config import Config, HostConfig
 
 
 @dataclass(frozen=True)
@@ -109,20 +106,3 @@ class LocalHost(Host):
     def get(self, remote: str, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(remote, local)
-
-
-def open_host(config: Config, name: str) -> Host:
-    """A connected-on-demand Host for the named config entry (Fabric is imported lazily)."""
-    hc: HostConfig = config.host(name)
-    if hc.type == "local":
-        return LocalHost(name, config.state_dir)
-    if hc.type == "ssh":
-        from .ssh import shared_ssh_host
-
-        # One connection per host per process: every step of a command shares it.
-        return shared_ssh_host(hc)
-    if hc.type == "slurm":
-        from .slurm import open_slurm_host
-
-        return open_slurm_host(config, hc)
-    raise AssertionError(hc.type)

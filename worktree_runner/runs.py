@@ -105,6 +105,46 @@ class RunManifest:
                    workers={n: WorkerRecord.from_json(w) for n, w in raw["workers"].items()})
 
 
+@dataclass(frozen=True)
+class HostLayout:
+    """Every path wt-run uses on one host, derived from its root: the state directory (runs,
+    worker dirs, host programs, queue), the repository, the worktrees and the dataset. On the
+    local host these are the user's own repository and `worktrees:`; on remote hosts they sit
+    under the host's root (`<root>/repo`, `<root>/worktrees/<name>`)."""
+
+    root: str
+    repo: str
+    worktrees: str
+    data: str
+    data_rel: str | None = None  # repo-relative dataset dir on a remote host; None: absolute
+
+    @classmethod
+    def local(cls, state_dir: Path, repo: Path, worktrees: Path, data: Path) -> HostLayout:
+        return cls(str(state_dir), str(repo), str(worktrees), str(data))
+
+    @classmethod
+    def remote(cls, root: str, data: str) -> HostLayout:
+        """`root` is the host's resolved root (`~` expanded there); `data` the config's."""
+        base = root.rstrip("/") or "/"
+        if os.path.isabs(data):
+            return cls(base, f"{base}/repo", f"{base}/worktrees", data)
+        rel = data.strip("/")
+        return cls(base, f"{base}/repo", f"{base}/worktrees", f"{base}/repo/{rel}", rel)
+
+    @property
+    def tmp(self) -> str:
+        return f"{self.root}/tmp"
+
+    def worktree(self, name: str) -> str:
+        return f"{self.worktrees}/{name}"
+
+    def run_dir(self, run: str) -> str:
+        return f"{self.root}/runs/{run}"
+
+    def worker_dir(self, run: str, name: str) -> str:
+        return f"{self.run_dir(run)}/workers/{name}"
+
+
 def group_by_host(records: Iterable[WorkerRecord]) -> dict[str, list[WorkerRecord]]:
     """Records per host, in order: each host is handled in one round trip."""
     by_host: dict[str, list[WorkerRecord]] = {}

@@ -21,14 +21,14 @@ import os
 import re
 import shlex
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
+from .backend import RemoteBackend, Started, worker_env, worker_meta
 from .config import Config, HostConfig
 from .errors import ConfigError, HostUnreachable
-from .hosts import Host, LocalHost
+from .hosts import Host
 from .observe import (
     FIND_PYTHON,
     StatusOutputError,
@@ -37,7 +37,7 @@ from .observe import (
     read_probe_output,
     status_script,
 )
-from .runs import WorkerRecord
+from .runs import HostLayout, WorkerRecord
 from .states import NEVER_STARTED, HostHealth, Observation, WorkerState
 from .workers import LaunchSpec, command_script, install_wrapper_script
 
@@ -214,37 +214,6 @@ def slurm_settings(config: Config, hc: HostConfig, branch: str | None = None) ->
     )
 
 
-# ---------------------------------------------------------------- the login node
-
-def open_slurm_host(config: Config, hc: HostConfig) -> Host:
-    """The login node as a Host whose root is the Slurm host's root on the shared filesystem:
-    worktrees, worker dirs and the wrapper live there, and Slurm commands run there."""
-    root = hc.root
-    if hc.via == "local":
-        # Relative roots are relative to the config file, like every path in it.
-        path = os.path.normpath(config.path.parent / os.path.expanduser(root))
-        return LocalHost(hc.name, Path(path))
-    via = config.host(hc.via)
-    if via.type != "ssh":
-        raise ConfigError(f"{config.path}: hosts.{hc.name}.via: '{hc.via}' is a {via.type} host",
-                          "set via: to an ssh host name or to local")
-    from .ssh import shared_ssh_host
-
-    # The login node's connection settings with the Slurm host's root, named after the Slurm
-    # host (messages, `setup --host` fixes, collect's python). Pooled: the steps of one
-    # command (root, code sync, sbatch/squeue/scancel) share one SSH connection.
-    return shared_ssh_host(replace(via, root=root), name=hc.name)
-
-
-def _root_of(rec: WorkerRecord) -> str:
-    """The host's resolved root, from a worker dir `<root>/runs/<run>/workers/<name>`."""
-    return rec.worker_dir.rsplit("/runs/", 1)[0]
-
-
-def _run_dir(rec: WorkerRecord) -> str:
-    return rec.worker_dir.rsplit("/workers/", 1)[0]
-
-
 def _pattern_safe(path: str) -> str:
     """A path for sbatch --output: `%` starts a replacement symbol there."""
     if "\\" in path:
@@ -293,15 +262,16 @@ def _job_header(title: str, argv: Sequence[str]) -> str:
             f"#   {shlex.join(argv)}\n")
 
 
-def job_script(rec: WorkerRecord, settings: SlurmSettings, argv: Sequence[str]) -> str:
+def job_script(rec: WorkerRecord, settings: SlurmSettings, argv: Sequence[str], root: str
+               ) -> str:
     """The batch script of one worker's job."""
     return (_job_header(f"worker {rec.name} (branch {rec.branch})", argv)
-            + f"d={q(rec.worker_dir)}\nW={q(_root_of(rec) + '/wrapper.py')}\n" + FIND_PYTHON
+            + f"d={q(rec.worker_dir)}\nW={q(root + '/wrapper.py')}\n" + FIND_PYTHON
             + f"requeue={1 if settings.requeue else 0}\n" + _JOB_BODY)
 
 
 def array_job_script(recs: Sequence[WorkerRecord], settings: SlurmSettings,
-                     argv: Sequence[str]) -> str:
+                     argv: Sequence[str], root: str) -> str:
     """The batch script of a job array: task i runs worker i."""
     cases = "".join(f"  {i}) d={q(r.worker_dir)} ;;\n" for i, r in enumerate(recs))
     return (_job_header(f"array of {len(recs)} workers: {' '.join(r.name for r in recs)}",
@@ -309,14 +279,14 @@ def array_job_script(recs: Sequence[WorkerRecord], settings: SlurmSettings,
             + 'case "${SLURM_ARRAY_TASK_ID:-}" in\n' + cases
             + '  *) echo "wt-run: no worker for array task ${SLURM_ARRAY_TASK_ID:-}" >&2;'
             + " exit 97 ;;\nesac\n"
-            + f"W={q(_root_of(recs[0]) + '/wrapper.py')}\n" + FIND_PYTHON
+            + f"W={q(root + '/wrapper.py')}\n" + FIND_PYTHON
             + f"requeue={1 if settings.requeue else 0}\n" + _JOB_BODY)
 
 
 def sbatch_argv(rec: WorkerRecord, settings: SlurmSettings, *, output: str, name: str,
-                array: int | None = None) -> list[str]:
+                run_dir: str, array: int | None = None) -> list[str]:
     argv = ["sbatch", "--parsable", f"--job-name={name}", f"--output={_pattern_safe(output)}",
-            "--open-mode=append", f"--chdir={rec.worker_dir if array is None else _run_dir(rec)}"]
+            "--open-mode=append", f"--chdir={rec.worker_dir if array is None else run_dir}"]
     if array is not None:
         argv.append(f"--array=0-{array - 1}")
     if settings.signal:
@@ -343,13 +313,14 @@ class Submission:
 
 
 def plan_submissions(config: Config, hc: HostConfig, records: Sequence[WorkerRecord],
-                     tag: str) -> list[Submission]:
+                     tag: str, layout: HostLayout, run: str) -> list[Submission]:
     """Group workers by identical settings; big groups (or all, with array: true) become
     job arrays. `tag` keeps array file names of different launches apart."""
+    root, run_dir = layout.root, layout.run_dir(run)
     if len(records) == 1 and records[0].kind == "generate":
         settings = slurm_settings(config, hc, None)
         if settings.generate_tasks > 1:
-            return _plan_sharded_generate(records[0], settings)
+            return _plan_sharded_generate(records[0], settings, root, run_dir)
     groups: dict[SlurmSettings, list[WorkerRecord]] = {}
     for rec in records:
         groups.setdefault(slurm_settings(config, hc, rec.branch_entry), []).append(rec)
@@ -358,26 +329,29 @@ def plan_submissions(config: Config, hc: HostConfig, records: Sequence[WorkerRec
         as_array = len(recs) >= (2 if settings.array else AUTO_ARRAY_MIN)
         if settings.array is False or not as_array:
             for rec in recs:
-                argv = sbatch_argv(rec, settings, output=rec.log, name=f"wt-run:{rec.name}")
+                argv = sbatch_argv(rec, settings, output=rec.log, name=f"wt-run:{rec.name}",
+                                   run_dir=run_dir)
                 path = f"{rec.worker_dir}/job.sh"
                 subs.append(Submission((rec,), tuple(argv),
-                                       job_script(rec, settings, [*argv, path]), path))
+                                       job_script(rec, settings, [*argv, path], root), path))
             continue
-        base = f"{_run_dir(recs[0])}/slurm/{tag}-{g}"
+        base = f"{run_dir}/slurm/{tag}-{g}"
         # Slurm names the output file by task index: a link per index to the worker's dir
         # makes each task write the worker's own log.
         links = tuple((f"{base}-{i}", r.worker_dir) for i, r in enumerate(recs))
         output = f"{_pattern_safe(base)}-%a/log"
         argv = sbatch_argv(recs[0], settings, output="", name=f"wt-run:{recs[0].name}+"
-                           f"{len(recs) - 1}", array=len(recs))
+                           f"{len(recs) - 1}", run_dir=run_dir, array=len(recs))
         argv = [a if not a.startswith("--output=") else f"--output={output}" for a in argv]
         path = f"{base}.sh"
         subs.append(Submission(tuple(recs), tuple(argv),
-                               array_job_script(recs, settings, [*argv, path]), path, links))
+                               array_job_script(recs, settings, [*argv, path], root), path,
+                               links))
     return subs
 
 
-def _plan_sharded_generate(rec: WorkerRecord, settings: SlurmSettings) -> list[Submission]:
+def _plan_sharded_generate(rec: WorkerRecord, settings: SlurmSettings, root: str,
+                           run_dir: str) -> list[Submission]:
     """`generate` split over an array of N tasks, each with WT_RUN_TASK_INDEX/COUNT set and its
     own wrapper files in `<worker dir>/tasks/<i>`, then the plain command once more after all
     of them (afterany): it finds every shard done and writes the dataset's summary, or renders
@@ -387,18 +361,20 @@ def _plan_sharded_generate(rec: WorkerRecord, settings: SlurmSettings) -> list[S
                   for i in range(n))
     envs = tuple({"WT_RUN_TASK_INDEX": str(i), "WT_RUN_TASK_COUNT": str(n)} for i in range(n))
     argv = sbatch_argv(rec, settings, output=f"{rec.worker_dir}/tasks/%a/log",
-                       name=f"wt-run:{rec.name}-tasks", array=n)
+                       name=f"wt-run:{rec.name}-tasks", run_dir=run_dir, array=n)
     # Task dirs are named by index, so the output pattern needs no links; `%a` must survive.
     argv = [a if not a.startswith("--output=") else
             f"--output={_pattern_safe(rec.worker_dir)}/tasks/%a/log" for a in argv]
     path = f"{rec.worker_dir}/tasks.sh"
-    array = Submission(tasks, tuple(argv), array_job_script(tasks, settings, [*argv, path]),
-                       path, owner=rec, task_env=envs)
-    final_argv = sbatch_argv(rec, settings, output=rec.log, name=f"wt-run:{rec.name}")
+    array = Submission(tasks, tuple(argv),
+                       array_job_script(tasks, settings, [*argv, path], root), path, owner=rec,
+                       task_env=envs)
+    final_argv = sbatch_argv(rec, settings, output=rec.log, name=f"wt-run:{rec.name}",
+                             run_dir=run_dir)
     final_path = f"{rec.worker_dir}/job.sh"
     shown = [*final_argv, "--dependency=afterany:<tasks job>", final_path]
-    final = Submission((rec,), tuple(final_argv), job_script(rec, settings, shown), final_path,
-                       after_previous=True)
+    final = Submission((rec,), tuple(final_argv), job_script(rec, settings, shown, root),
+                       final_path, after_previous=True)
     return [array, final]
 
 
@@ -459,27 +435,25 @@ def submit_script(root: str, subs: Sequence[Submission], specs: Mapping[str, Lau
     return "\n".join(parts) + "\n"
 
 
-def submit_slurm(config: Config, hc: HostConfig, records: Sequence[WorkerRecord]
-                 ) -> tuple[list[WorkerRecord], list[str]]:
+def submit_slurm(config: Config, hc: HostConfig, host: Host, run: str,
+                 records: Sequence[WorkerRecord]) -> tuple[list[WorkerRecord], list[str]]:
     """Submit every record in one round trip to the login node. Returns the submitted records
     (job_id set) and one error line per worker that could not be submitted."""
     if not records:
         return [], []
-    from .api import worker_env
-
     tag = f"{int(time.time() * 1000):x}"
-    subs = plan_submissions(config, hc, records, tag)
-    layout_data = _data_path(config, records[0])
+    layout = HostLayout.remote(host.root, config.data)
+    subs = plan_submissions(config, hc, records, tag, layout, run)
     specs: dict[str, LaunchSpec] = {}
     for sub in subs:
         envs = sub.task_env or ({},) * len(sub.records)
         for r, extra in zip(sub.records, envs):
             owner = sub.owner or r
             specs[r.name] = LaunchSpec(r.name, r.worker_dir, r.worktree, r.command,
-                                       {**worker_env(config, owner, layout_data), **extra})
-    with open_slurm_host(config, hc) as host:
-        result = host.run_script(submit_script(_root_of(records[0]), subs, specs),
-                                 timeout=hc.command_timeout).check()
+                                       {**worker_env(config, owner, run, layout.data), **extra},
+                                       worker_meta(config, owner, run, False), layout.root)
+    result = host.run_script(submit_script(layout.root, subs, specs),
+                             timeout=hc.command_timeout).check()
     now = time.time()
     submitted: list[WorkerRecord] = []
     errors: list[str] = []
@@ -508,11 +482,6 @@ def submit_slurm(config: Config, hc: HostConfig, records: Sequence[WorkerRecord]
             errors += [f"{r.name}: not submitted ({result.stderr.strip()[-200:]})"
                        for r in sub.records]
     return submitted, errors
-
-
-def _data_path(config: Config, rec: WorkerRecord) -> str:
-    return (config.data if os.path.isabs(config.data)
-            else f"{_root_of(rec)}/repo/{config.data}")
 
 
 # ---------------------------------------------------------------- status
@@ -598,14 +567,13 @@ def combine(files: Mapping[str, Any], job: tuple[str, str | None] | None,
                             **base)  # type: ignore[arg-type]
 
 
-def observe_slurm(config: Config, hc: HostConfig, records: Sequence[WorkerRecord]
-                  ) -> tuple[HostHealth, list[Observation]]:
+def observe_slurm(hc: HostConfig, host: Host, records: Sequence[WorkerRecord],
+                  timeout: float | None = None) -> tuple[HostHealth, list[Observation]]:
     """One round trip: squeue for every job plus every worker's files."""
     if not records:
         return HostHealth(hc.name, True), []
-    with open_slurm_host(config, hc) as host:
-        result = host.run_script(observe_script(_root_of(records[0]), records),
-                                 timeout=hc.command_timeout)
+    result = host.run_script(observe_script(host.root, records),
+                             timeout=timeout or hc.command_timeout)
     if not result.ok:
         raise HostUnreachable(hc.name, f"status script exited {result.exit_code}: "
                               f"{result.stderr.strip()[-200:]}", "check the login node")
@@ -661,14 +629,14 @@ def cancel_script(records: Sequence[WorkerRecord], grace: float) -> str:
     return "\n".join(parts) + "\n"
 
 
-def cancel_slurm(config: Config, hc: HostConfig, records: Sequence[WorkerRecord]) -> list[str]:
+def cancel_slurm(config: Config, hc: HostConfig, host: Host, records: Sequence[WorkerRecord]
+                 ) -> list[str]:
     """Stop workers: marker, scancel (TERM, then KILL after Slurm's KillWait). Per worker:
     done (had ended), marked (was pending), signalled (was running)."""
     if not records:
         return []
-    with open_slurm_host(config, hc) as host:
-        result = host.run_script(cancel_script(records, config.stop_grace),
-                                 timeout=config.stop_grace + hc.command_timeout)
+    result = host.run_script(cancel_script(records, config.stop_grace),
+                             timeout=config.stop_grace + hc.command_timeout)
     if result.exit_code == 5:
         why = " | ".join(result.stderr.strip().splitlines()[-2:]) or "scancel failed"
         return [f"unknown: {why}"] * len(records)
@@ -692,7 +660,27 @@ def cancel_slurm(config: Config, hc: HostConfig, records: Sequence[WorkerRecord]
     return outcome
 
 
-def slurm_log_path(rec: WorkerRecord) -> str:
-    """The job's output file: Slurm writes it to the worker's own log (array tasks through a
-    link to the worker dir), so `logs` reads the same file as on other hosts."""
-    return rec.log
+# ---------------------------------------------------------------- the backend
+
+class SlurmBackend(RemoteBackend):
+    """A Slurm cluster reached through its login node (`via:` an SSH host, or this machine),
+    with `root` on the filesystem it shares with the compute nodes. Slurm keeps its own queue;
+    the compute nodes run the same wrapper as every other host."""
+
+    def __init__(self, config: Config, hc: HostConfig, login: Callable[[], Host]) -> None:
+        super().__init__(config, hc)
+        self._login = login
+
+    def connect(self) -> Host:
+        return self._login()
+
+    def start(self, run: str, records: Sequence[WorkerRecord]) -> Started:
+        submitted, errors = submit_slurm(self.config, self.hc, self.connect(), run, records)
+        return Started(submitted, errors)
+
+    def observe(self, records: Sequence[WorkerRecord], timeout: float | None = None
+                ) -> tuple[HostHealth, list[Observation]]:
+        return observe_slurm(self.hc, self.connect(), records, timeout)
+
+    def stop(self, records: Sequence[WorkerRecord]) -> list[str]:
+        return cancel_slurm(self.config, self.hc, self.connect(), records)

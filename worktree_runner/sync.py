@@ -22,11 +22,9 @@ of the needed refs minus the host's tips (`^have`) is uploaded and fetched into
 from __future__ import annotations
 
 import hashlib
-import os
 import shlex
 import subprocess
 import tempfile
-import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,7 +32,8 @@ from pathlib import Path
 
 from .config import BranchConfig, Config, HostConfig
 from .errors import ConfigError, GitError, HostError
-from .hosts import CommandResult, Host, open_host
+from .hosts import CommandResult, Host
+from .runs import HostLayout
 
 q = shlex.quote
 
@@ -44,88 +43,62 @@ EXIT_REFUSED = 3
 EXIT_NEED_FULL_BUNDLE = 4
 EXIT_FAILED = 5
 
-_ROOTS: dict[tuple[str, str], str] = {}
-_ROOTS_LOCK = threading.Lock()
+# ---------------------------------------------------------------------- entry points
 
-
-# ---------------------------------------------------------------------- public hooks (api.py)
-
-def resolved_root(config: Config, host_name: str) -> str:
-    """The host's root as an absolute path on the host (`~` expanded there), cached per
-    process."""
-    key = (str(config.path), host_name)
-    with _ROOTS_LOCK:
-        if key in _ROOTS:
-            return _ROOTS[key]
-    with open_host(config, host_name) as host:
-        root = host.root
-    with _ROOTS_LOCK:
-        _ROOTS[key] = root
-    return root
-
-
-def prepare_remote_worktrees(config: Config, host_name: str, branches: Sequence[BranchConfig],
+def prepare_remote_worktrees(config: Config, host: Host, branches: Sequence[BranchConfig],
                              *, force: bool, dry_run: bool
                              ) -> list[tuple[BranchConfig, str, str]]:
     """Worktrees on a remote host for the branches' current commits: (branch, worktree path on
     the host, commit). Refuses, before changing anything, what a local launch refuses."""
     wanted = [_local_commit(config, b) for b in branches]
-    with open_host(config, host_name) as host:
-        paths = _RemotePaths.of(host.root, config)
-        needed = [rel for rel in config.shared if rel.strip("/") != paths.data]
-        inventory = _inventory(host, paths, [w.commit for w in wanted], needed)
-        if inventory.missing_shared:
-            # Refused before anything is created or uploaded on the host.
-            raise _refusal(f"shared-missing {inventory.missing_shared[0]}", host.name,
-                           None, paths)
-        if dry_run:
-            return [(b, paths.worktree(b.name), w.commit) for b, w in zip(branches, wanted)]
-        script = _worktrees_script(config, paths, branches, wanted, force)
-        result = _apply_with_bundle(config, host, paths, inventory, wanted, script)
+    paths = HostLayout.remote(host.root, config.data)
+    needed = [rel for rel in config.shared if rel.strip("/") != paths.data_rel]
+    inventory = _inventory(host, paths, [w.commit for w in wanted], needed)
+    if inventory.missing_shared:
+        # Refused before anything is created or uploaded on the host.
+        raise _refusal(f"shared-missing {inventory.missing_shared[0]}", host.name,
+                       None, paths)
+    if dry_run:
+        return [(b, paths.worktree(b.name), w.commit) for b, w in zip(branches, wanted)]
+    script = _worktrees_script(config, paths, branches, wanted, force)
+    result = _apply_with_bundle(config, host, paths, inventory, wanted, script)
     commits = _ok_lines(result)
     return [(b, paths.worktree(b.name), commits.get(b.name, w.commit))
             for b, w in zip(branches, wanted)]
 
 
-def prepare_remote_repo(config: Config, host_name: str, *, dry_run: bool
-                        ) -> tuple[str, str, str]:
+def prepare_remote_repo(config: Config, host: Host, *, dry_run: bool) -> tuple[str, str, str]:
     """This checkout's HEAD commit, checked out (detached) in `<root>/repo` on the host, for
     `wt-run generate`. Returns (repo path on the host, commit, local branch name)."""
     head = _head_commit(config)
     branch = _git(config, "branch", "--show-current").strip()
-    with open_host(config, host_name) as host:
-        paths = _RemotePaths.of(host.root, config)
-        inventory = _inventory(host, paths, [head.commit])
-        if dry_run:
-            return paths.repo, head.commit, branch
-        script = _repo_checkout_script(paths, head.commit)
-        result = _apply_with_bundle(config, host, paths, inventory, [head], script)
+    paths = HostLayout.remote(host.root, config.data)
+    inventory = _inventory(host, paths, [head.commit])
+    if dry_run:
+        return paths.repo, head.commit, branch
+    script = _repo_checkout_script(paths, head.commit)
+    result = _apply_with_bundle(config, host, paths, inventory, [head], script)
     return paths.repo, _ok_lines(result).get("repo", head.commit), branch
 
 
-def setup_host(config: Config, host_name: str, *, dry_run: bool) -> list[str]:
+def setup_host(config: Config, hc: HostConfig, host: Host, *, dry_run: bool) -> list[str]:
     """Prepare a host: root (mode 700), repository at this checkout's HEAD, a virtualenv at
     `<root>/repo/.venv` (system site packages visible, so an installed torch is reused) with
     the project's requirements, the shared paths, and the host's `setup:` lines. Idempotent:
     a second run changes nothing and says so."""
-    hc = config.host(host_name)
-    if hc.type == "local":
-        raise ConfigError(f"host {host_name} is the local machine; setup is for remote hosts",
-                          "run setup with --host set to an ssh or slurm host")
     head = _head_commit(config)
-    with open_host(config, host_name) as host:
-        paths = _RemotePaths.of(host.root, config)
-        inventory = _inventory(host, paths, [head.commit])
-        script = _setup_script(config, hc, paths, head.commit, dry_run)
-        if dry_run:
-            result = host.run_script(script, timeout=SETUP_TIMEOUT_S)
-            _raise_for(result, host_name, paths)
-            bundle_note = None if head.commit in inventory.present else "would fetch"
-        else:
-            result = _apply_with_bundle(config, host, paths, inventory, [head], script,
-                                        timeout=SETUP_TIMEOUT_S)
-            bundle_note = result.bundle_note
-    return _setup_report(host_name, paths, result.stdout, head.commit, bundle_note, dry_run)
+    paths = HostLayout.remote(host.root, config.data)
+    inventory = _inventory(host, paths, [head.commit])
+    script = _setup_script(config, hc, paths, head.commit, dry_run)
+    if dry_run:
+        result = host.run_script(script, timeout=SETUP_TIMEOUT_S)
+        _raise_for(result, hc.name, paths)
+        bundle_note = None if head.commit in inventory.present else "would fetch"
+    else:
+        result = _apply_with_bundle(config, host, paths, inventory, [head], script,
+                                    timeout=SETUP_TIMEOUT_S)
+        bundle_note = result.bundle_note
+    return _setup_report(hc.name, paths, result.stdout, head.commit, bundle_note, dry_run)
 
 
 # ---------------------------------------------------------------------- local side
@@ -214,24 +187,6 @@ def _known_locally(config: Config, shas: Sequence[str]) -> list[str]:
 # ---------------------------------------------------------------------- the host side
 
 @dataclass(frozen=True)
-class _RemotePaths:
-    root: str
-    repo: str
-    worktrees: str
-    tmp: str
-    data: str | None  # repo-relative data dir (created on demand), None when absolute
-
-    @classmethod
-    def of(cls, root: str, config: Config) -> _RemotePaths:
-        base = root.rstrip("/") or "/"
-        data = None if os.path.isabs(config.data) else config.data.strip("/")
-        return cls(base, f"{base}/repo", f"{base}/worktrees", f"{base}/tmp", data)
-
-    def worktree(self, name: str) -> str:
-        return f"{self.worktrees}/{name}"
-
-
-@dataclass(frozen=True)
 class _Inventory:
     root_exists: bool
     repo_exists: bool
@@ -240,7 +195,7 @@ class _Inventory:
     missing_shared: tuple[str, ...] = ()
 
 
-def _inventory(host: Host, paths: _RemotePaths, commits: Sequence[str],
+def _inventory(host: Host, paths: HostLayout, commits: Sequence[str],
                shared: Sequence[str] = ()) -> _Inventory:
     """One read-only round trip: does the repo exist, its ref tips, which commits it has,
     which of the given shared paths are missing."""
@@ -272,7 +227,7 @@ class _Applied:
     bundle_note: str | None  # "fetched N KiB" or None when nothing was sent
 
 
-def _apply_with_bundle(config: Config, host: Host, paths: _RemotePaths, inventory: _Inventory,
+def _apply_with_bundle(config: Config, host: Host, paths: HostLayout, inventory: _Inventory,
                        wanted: Sequence[_Wanted], script_body: str,
                        timeout: float | None = None) -> _Applied:
     """Send the missing commits (if any) and run `script_body` after fetching them."""
@@ -305,7 +260,7 @@ def _kib(size: int) -> str:
     return f"{max(1, round(size / 1024))} KiB"
 
 
-def _preamble(paths: _RemotePaths) -> str:
+def _preamble(paths: HostLayout) -> str:
     """Shared head of every mutating script: private files, root and repository present."""
     return (
         "umask 077\n"
@@ -348,10 +303,11 @@ def _fetch_lines(bundle: str, wanted: Sequence[_Wanted]) -> str:
     )
 
 
-def _data_lines(paths: _RemotePaths) -> str:
-    if paths.data is None:
+def _data_lines(paths: HostLayout) -> str:
+    if paths.data_rel is None:
         return ""
-    return f'[ -d "$G"/{q(paths.data)} ] || mkdir -p "$G"/{q(paths.data)} || failed mkdir-data\n'
+    return (f'[ -d "$G"/{q(paths.data_rel)} ] || mkdir -p "$G"/{q(paths.data_rel)} '
+            "|| failed mkdir-data\n")
 
 
 _WORKTREE_FNS = r"""
@@ -401,14 +357,14 @@ wt_apply() {
 """
 
 
-def _worktrees_script(config: Config, paths: _RemotePaths, branches: Sequence[BranchConfig],
+def _worktrees_script(config: Config, paths: HostLayout, branches: Sequence[BranchConfig],
                       wanted: Sequence[_Wanted], force: bool) -> str:
     lines = [f"FORCE={'1' if force else ''}", _WORKTREE_FNS]
     links = "".join(f"  wt_link \"$1\" {q(rel)}\n" for rel in config.shared)
     lines.append("wt_links() {\n  :\n" + links + "}\n")
     # Phase 1: every check, before anything changes.
     for rel in config.shared:
-        if rel.strip("/") == paths.data:
+        if rel.strip("/") == paths.data_rel:
             continue  # the dataset directory is created on demand below
         lines.append(f'[ -e "$G"/{q(rel)} ] || refuse shared-missing {q(rel)}')
     for b, w in zip(branches, wanted):
@@ -430,7 +386,7 @@ def _worktrees_script(config: Config, paths: _RemotePaths, branches: Sequence[Br
     return "\n".join(lines) + "\n"
 
 
-def _repo_checkout_script(paths: _RemotePaths, commit: str) -> str:
+def _repo_checkout_script(paths: HostLayout, commit: str) -> str:
     return (
         'cur=$(git -C "$G" rev-parse -q --verify HEAD 2>/dev/null)\n'
         f"if [ \"$cur\" != {q(commit)} ]; then\n"
@@ -450,14 +406,14 @@ act() { if [ -n "$DRY" ]; then echo "would $1"; return 1; fi; return 0; }
 """
 
 
-def _setup_script(config: Config, hc: HostConfig, paths: _RemotePaths, commit: str,
+def _setup_script(config: Config, hc: HostConfig, paths: HostLayout, commit: str,
                   dry_run: bool) -> str:
     """The host bootstrap after the commit is there; with DRY set it only reports."""
     setup_text = "\n".join(hc.setup)
     setup_stamp = hashlib.sha256(setup_text.encode()).hexdigest() if setup_text else ""
     shared = [s.strip("/") for s in config.shared]
-    if paths.data is not None and paths.data not in shared:
-        shared.append(paths.data)
+    if paths.data_rel is not None and paths.data_rel not in shared:
+        shared.append(paths.data_rel)
     parts = [
         f"DRY={'1' if dry_run else ''}", f"PY={q(hc.python)}", f"C={q(commit)}",
         f"SETUP={q(setup_text)}", f"STAMP={q(setup_stamp)}", _SETUP_FNS,
@@ -532,7 +488,7 @@ def _setup_script(config: Config, hc: HostConfig, paths: _RemotePaths, commit: s
     return "\n".join(parts)
 
 
-def _setup_report(host_name: str, paths: _RemotePaths, stdout: str, commit: str,
+def _setup_report(host_name: str, paths: HostLayout, stdout: str, commit: str,
                   bundle_note: str | None, dry_run: bool) -> list[str]:
     out: list[str] = []
     changed = bool(bundle_note)
@@ -590,7 +546,7 @@ def _setup_report(host_name: str, paths: _RemotePaths, stdout: str, commit: str,
     return out
 
 
-def _would(action: str, host_name: str, paths: _RemotePaths, short: str) -> str:
+def _would(action: str, host_name: str, paths: HostLayout, short: str) -> str:
     verb, _, rest = action.partition(" ")
     texts = {
         "create-root": f"Would create root {paths.root} (mode 700)",
@@ -635,7 +591,7 @@ _REFUSALS = {
 }
 
 
-def _raise_for(result: CommandResult, host_name: str, paths: _RemotePaths | None = None
+def _raise_for(result: CommandResult, host_name: str, paths: HostLayout | None = None
                ) -> None:
     if result.exit_code == 0:
         return
@@ -650,7 +606,7 @@ def _raise_for(result: CommandResult, host_name: str, paths: _RemotePaths | None
 
 
 def _refusal(text: str, host_name: str, result: CommandResult | None,
-             paths: _RemotePaths | None) -> GitError:
+             paths: HostLayout | None) -> GitError:
     kind, _, rest = text.partition(" ")
     args = rest.split(" ", 1) if rest else []
     fields = {"host": host_name, "name": "", "branch": "", "path": "", "holder": "",

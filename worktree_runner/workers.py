@@ -44,6 +44,7 @@ class LaunchSpec:
     env: Mapping[str, str]
     # meta.json: name, run, notify, retry policy, grace, whether it takes a GPU
     meta: Mapping[str, Any] = field(default_factory=dict)
+    root: str = ""  # wt-run's directory on the host (the host programs live there)
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,12 @@ def command_script(spec: LaunchSpec) -> str:
     lines.append('if [ -x .venv/bin/python ]; then PATH="$PWD/.venv/bin:$PATH"; '
                  'VIRTUAL_ENV="$PWD/.venv"; export PATH VIRTUAL_ENV; fi')
     # What else could make results differ (packages, GPU, dirty code, data), recorded with
-    # the worker's own python, beside the command rather than before it: never in its way.
-    lines.append(f'"$(command -v python || command -v python3)" -c {q(ENVINFO)} '
-                 f'{q(d + "/env.json")} </dev/null >/dev/null 2>&1 &')
+    # the worker's own python just before the command (a listing and two git calls: cheap);
+    # a failure here never keeps the command from running.
+    if spec.root:
+        lines.append(f'"$(command -v python || command -v python3)" '
+                     f'{q(spec.root + "/envinfo.py")} {q(d + "/env.json")} '
+                     '</dev/null >/dev/null 2>&1 || :')
     lines.append(exec_line(spec.command))
     return "\n".join(lines) + "\n"
 
@@ -90,9 +94,9 @@ def _install(root: str, name: str, text: str) -> str:
 
 
 def install_wrapper_script(root: str) -> str:
-    """Install the host-side wrapper and queue programs under root (by rename)."""
+    """Install the host-side programs under root (by rename): wrapper, queue, env record."""
     return (f"mkdir -p {q(root)} || exit 90\n" + _install(root, "wrapper.py", WRAPPER)
-            + _install(root, "drainer.py", DRAINER))
+            + _install(root, "drainer.py", DRAINER) + _install(root, "envinfo.py", ENVINFO))
 
 
 _LAUNCH_FN = r"""

@@ -106,14 +106,14 @@ def _launch_killed(wt: WtRun, when: str, *names: str,
     SIGKILL: no cleanup) right before or right after the workers are started."""
     code = textwrap.dedent(f"""
         import os, sys
-        from worktree_runner import api, cli
-        real = api.start_workers
+        from worktree_runner import backend, cli
+        real = backend.start_workers
         def start_workers(host, specs, *rest):
             if {when!r} == "before":
                 os._exit(9)
             real(host, specs, *rest)
             os._exit(9)
-        api.start_workers = start_workers
+        backend.start_workers = start_workers
         sys.argv = ["wt-run", "--config", {str(wt.config)!r}, *{list(command)!r},
                     *{list(names)!r}]
         cli.main()
@@ -200,7 +200,7 @@ def test_clean_worktrees_waits_for_a_launch_in_progress(repo_factory) -> None:
 
 def test_status_racing_a_relaunch_does_not_overwrite_the_new_attempt(repo_factory,
                                                                       monkeypatch) -> None:
-    from worktree_runner import api
+    from worktree_runner import api, launching
     from worktree_runner.config import load_config
 
     wt = _wt(repo_factory, "python sleeper.py {secs}", branches=("a",))
@@ -222,7 +222,7 @@ def test_status_racing_a_relaunch_does_not_overwrite_the_new_attempt(repo_factor
             relaunched.append(True)
             cfg["branches"]["a"]["vars"] = {"secs": "300"}
             write_config(wt.repo, cfg)
-            api.launch(load_config(wt.config), ["a"], run=run)
+            launching.launch(load_config(wt.config), ["a"], run=run)
         return seen
 
     monkeypatch.setattr(api, "observe_host", observe_then_relaunch)
@@ -239,7 +239,7 @@ def test_status_racing_a_relaunch_does_not_overwrite_the_new_attempt(repo_factor
 
 def test_collect_racing_a_relaunch_does_not_mark_the_new_attempt_collected(
         repo_factory) -> None:
-    from worktree_runner import api
+    from worktree_runner import launching
     from worktree_runner.collect import CollectObserver, collect
     from worktree_runner.config import load_config
 
@@ -255,7 +255,7 @@ def test_collect_racing_a_relaunch_does_not_mark_the_new_attempt_collected(
             if _manifest(wt, run)["workers"]["a"]["attempt"] == 1:
                 cfg["branches"]["a"]["vars"] = {"secs": "300"}
                 write_config(wt.repo, cfg)
-                api.launch(load_config(wt.config), ["a"], run=run)
+                launching.launch(load_config(wt.config), ["a"], run=run)
 
     report = collect(load_config(wt.config), run=run, observer=RelaunchAfterCopy())
     assert report.ok and report.workers[0].files == 1  # attempt 1's log

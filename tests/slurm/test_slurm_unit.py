@@ -14,7 +14,7 @@ import yaml
 
 from worktree_runner.config import Config, parse_config
 from worktree_runner.errors import ConfigError
-from worktree_runner.runs import WorkerRecord
+from worktree_runner.runs import HostLayout, WorkerRecord
 from worktree_runner.slurm import (
     AUTO_ARRAY_MIN,
     combine,
@@ -25,6 +25,7 @@ from worktree_runner.states import Observation, WorkerState
 
 GOLDEN = Path(__file__).parent / "golden" / "batch_scripts.txt"
 ROOT = "/scratch/it's %j $HOME"
+LAYOUT = HostLayout.remote(ROOT, "data")
 
 
 def _config(tmp_path: Path, host: dict[str, Any], branches: dict[str, Any] | None = None
@@ -61,7 +62,7 @@ def _render_golden(tmp_path: Path) -> str:
                                                      range(AUTO_ARRAY_MIN)]
     hc = config.host("hpc")
     parts = []
-    for sub in plan_submissions(config, hc, recs, "t0"):
+    for sub in plan_submissions(config, hc, recs, "t0", LAYOUT, "r1"):
         parts.append(f"===== {' '.join(r.name for r in sub.records)}\n"
                      f"$ {shlex.join([*sub.argv, sub.script_path])}\n"
                      f"links: {list(sub.links)}\n{sub.script}")
@@ -77,7 +78,7 @@ def test_batch_scripts_match_golden(tmp_path: Path) -> None:
 
 def test_batch_script_is_valid_sh_and_quotes_hostile_paths(tmp_path: Path) -> None:
     config = _config(tmp_path, {})
-    sub = plan_submissions(config, config.host("hpc"), [_record("w")], "t0")[0]
+    sub = plan_submissions(config, config.host("hpc"), [_record("w")], "t0", LAYOUT, "r1")[0]
     subprocess.run(["sh", "-n"], input=sub.script, text=True, check=True)
     # The worker dir is one shell word and `%` is escaped for sbatch's --output pattern.
     assert f"d={shlex.quote(_record('w').worker_dir)}\n" in sub.script
@@ -97,7 +98,7 @@ def test_array_grouping(tmp_path: Path, host: dict[str, Any], count: int,
                         expected: list[int]) -> None:
     config = _config(tmp_path, host)
     subs = plan_submissions(config, config.host("hpc"), [_record(f"w{i}") for i in
-                                                         range(count)], "t0")
+                                                         range(count)], "t0", LAYOUT, "r1")
     assert [len(s.records) for s in subs] == expected
     for sub in subs:
         is_array = any(a.startswith("--array=") for a in sub.argv)
@@ -108,7 +109,7 @@ def test_branch_override_splits_array_groups(tmp_path: Path) -> None:
     config = _config(tmp_path, {"array": True, "partition": "cpu"},
                      {"big": {"branch": "exp/big", "slurm": {"partition": "gpu", "gpus": 2}}})
     subs = plan_submissions(config, config.host("hpc"),
-                            [_record("a"), _record("big"), _record("b")], "t0")
+                            [_record("a"), _record("big"), _record("b")], "t0", LAYOUT, "r1")
     assert [[r.name for r in s.records] for s in subs] == [["a", "b"], ["big"]]
     assert "--partition=gpu" in subs[1].argv and "--gpus=2" in subs[1].argv
     assert "--partition=cpu" in subs[0].argv

@@ -190,8 +190,8 @@ def _finish_launch(state: AppState, report: Any, wait: bool) -> None:
                 f"see `wt-run logs NAME --run {report.run}`")
 
 
-def _live_status(state: AppState, run: str | None, until_done: bool, interval: float = 2.0
-                 ) -> Any:
+def _live_status(state: AppState, run: str | None, until_done: bool, interval: float = 2.0,
+                 unfold: bool = False) -> Any:
     import time
 
     from rich.live import Live
@@ -208,17 +208,17 @@ def _live_status(state: AppState, run: str | None, until_done: bool, interval: f
         while True:
             key = [(w.record.name, w.state.value) for w in report.workers]
             if key != last or time.monotonic() - printed >= 30:
-                console.print(status_renderable(report))
+                console.print(status_renderable(report, unfold))
                 last, printed = key, time.monotonic()
             if until_done and report.done:
                 return report
             time.sleep(interval)
             report = api.status(state.config, report.run)
-    with Live(status_renderable(report), console=console, refresh_per_second=4) as live:
+    with Live(status_renderable(report, unfold), console=console, refresh_per_second=4) as live:
         while not (until_done and report.done):
             time.sleep(interval)
             report = api.status(state.config, report.run)
-            live.update(status_renderable(report))
+            live.update(status_renderable(report, unfold))
     return report
 
 
@@ -226,13 +226,16 @@ def _live_status(state: AppState, run: str | None, until_done: bool, interval: f
 @run_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (stable schema).")
 @click.option("--watch", is_flag=True, help="Refresh the table every 2 s until Ctrl-C.")
+@click.option("--all", "unfold", is_flag=True,
+              help="One row per worker: do not fold the seeds of a group into one row.")
 @pass_state
-def status(state: AppState, run: str | None, as_json: bool, watch: bool) -> None:
-    """Show every worker of a run: state, pid, runtime, progress and ETA; hosts on top."""
+def status(state: AppState, run: str | None, as_json: bool, watch: bool, unfold: bool) -> None:
+    """Show every worker of a run: state, pid, runtime, progress and ETA; hosts on top.
+    The seeds of a sweep group share one row unless --all."""
     from . import api
 
     if watch:
-        _live_status(state, run, until_done=False)
+        _live_status(state, run, until_done=False, unfold=unfold)
         return
     report = api.status(state.config, run)
     if as_json:
@@ -240,7 +243,7 @@ def status(state: AppState, run: str | None, as_json: bool, watch: bool) -> None
         return
     from .display import print_status
 
-    print_status(report)
+    print_status(report, unfold=unfold)
 
 
 @cli.command()

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .observe import eta_seconds, progress_fraction
-from .reports import LaunchReport, StatusReport, StopOutcome
+from .reports import LaunchReport, StatusReport, StopOutcome, WorkerView
 from .states import WorkerState
 
 STATE_STYLE = {
@@ -52,7 +52,49 @@ def _bytes(n: int | None) -> str:
     return f"{n} B"
 
 
-def status_renderable(report: StatusReport) -> Group:
+def _worker_row(w: WorkerView) -> list[object]:
+    r, o = w.record, w.obs
+    end = o.ended_at or (o.host_time if o.state == WorkerState.RUNNING else None)
+    runtime = end - o.started_at if (end and o.started_at) else None
+    frac = progress_fraction(o.progress)
+    prog = "-"
+    if o.progress and frac is not None:
+        ep = o.progress.get("epoch")
+        eps = o.progress.get("epochs")
+        prog = f"{frac * 100:.0f}%" + (f" (epoch {ep}/{eps})" if eps else "")
+    state = Text(o.state.value, style=STATE_STYLE[o.state])
+    detail = (f" exit {o.exit_code}" if o.state == WorkerState.FAILED else
+              f" sig {o.signal}" if o.signal else "")
+    attempt = max(o.attempt or 0, r.attempt)
+    if r.retry_max and attempt > 1:
+        detail += f" attempt {attempt} of {r.retry_max + 1}"
+    if detail:
+        state.append(detail, style="dim")
+    if o.reason and o.state in (WorkerState.UNKNOWN, WorkerState.LOST, WorkerState.PENDING):
+        state.append(f" ({o.reason})", style="dim")
+    return [r.name, r.branch or "-", r.commit[:8] or "-", r.host, state,
+            str(o.pid or r.pid or "-"), duration(runtime), prog, duration(eta_seconds(o))]
+
+
+def _group_row(name: str, members: Sequence[WorkerView]) -> list[object]:
+    """One folded row for the seeds of a group: counts by state, the furthest ETA."""
+    counts: dict[WorkerState, int] = {}
+    for w in members:
+        counts[w.state] = counts.get(w.state, 0) + 1
+    state = Text()
+    for i, (st, n) in enumerate(sorted(counts.items(), key=lambda kv: kv[0].value)):
+        state.append((", " if i else "") + f"{n} {st.value}", style=STATE_STYLE[st])
+    fractions = [progress_fraction(w.obs.progress) for w in members]
+    done = [f for f in fractions if f is not None]
+    prog = f"{sum(done) / len(members) * 100:.0f}%" if done else "-"
+    etas = [e for e in (eta_seconds(w.obs) for w in members) if e is not None]
+    first = members[0].record
+    hosts = sorted({w.record.host for w in members})
+    return [f"{name} ×{len(members)}", first.branch or "-", first.commit[:8] or "-",
+            ",".join(hosts), state, "-", "-", prog, duration(max(etas) if etas else None)]
+
+
+def status_renderable(report: StatusReport, unfold: bool = False) -> Group:
     hosts = []
     for h in report.hosts:
         if not h.reachable:
@@ -72,27 +114,17 @@ def status_renderable(report: StatusReport) -> Group:
                 "ETA"):
         table.add_column(col, no_wrap=True, min_width=6 if col == "branch" else None,
                          overflow="fold" if col == "branch" else "ellipsis")
+    groups: dict[str, list[WorkerView]] = {}
     for w in report.workers:
-        r, o = w.record, w.obs
-        end = o.ended_at or (o.host_time if o.state == WorkerState.RUNNING else None)
-        runtime = end - o.started_at if (end and o.started_at) else None
-        frac = progress_fraction(o.progress)
-        prog = "-"
-        if o.progress and frac is not None:
-            ep = o.progress.get("epoch")
-            eps = o.progress.get("epochs")
-            prog = f"{frac * 100:.0f}%" + (f" (epoch {ep}/{eps})" if eps else "")
-        state = Text(o.state.value, style=STATE_STYLE[o.state])
-        detail = (f" exit {o.exit_code}" if o.state == WorkerState.FAILED else
-                  f" sig {o.signal}" if o.signal else "")
-        if detail:
-            state.append(detail, style="dim")
-        if o.reason and o.state in (WorkerState.UNKNOWN, WorkerState.LOST,
-                                    WorkerState.PENDING):
-            state.append(f" ({o.reason})", style="dim")
-        table.add_row(r.name, r.branch or "-", r.commit[:8] or "-", r.host, state,
-                      str(o.pid or r.pid or "-"), duration(runtime), prog,
-                      duration(eta_seconds(o)))
+        groups.setdefault(w.record.group or w.record.name, []).append(w)
+    for name, members in groups.items():
+        if unfold or len(members) == 1:
+            for w in members:
+                table.add_row(*_worker_row(w))
+        else:
+            table.add_row(*_group_row(name, members))
+    if not unfold and any(len(m) > 1 for m in groups.values()):
+        table.caption = "seeds folded into one row per group: --all shows every worker"
     counts: dict[str, int] = {}
     for w in report.workers:
         counts[w.state.value] = counts.get(w.state.value, 0) + 1
@@ -101,8 +133,9 @@ def status_renderable(report: StatusReport) -> Group:
     return Group(*hosts, table, summary)
 
 
-def print_status(report: StatusReport, console: Console | None = None) -> None:
-    (console or make_console()).print(status_renderable(report))
+def print_status(report: StatusReport, console: Console | None = None,
+                 unfold: bool = False) -> None:
+    (console or make_console()).print(status_renderable(report, unfold))
 
 
 def print_launch(report: LaunchReport, console: Console | None = None) -> None:

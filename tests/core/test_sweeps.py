@@ -94,3 +94,14 @@ def test_dirty_worktree_snapshot_is_recoverable(repo_factory) -> None:
     shown = subprocess.run(["git", "-C", str(wt.repo), "show", f"{env['snapshot_ref']}:echo.py"],
                            capture_output=True, text=True, check=True).stdout
     assert shown.endswith("# local experiment\n")
+
+
+def test_status_folds_the_seeds_of_a_group_unless_all(repo_factory) -> None:
+    wt = _wt(repo_factory)
+    wt("launch", "--branches", "a", "b", "--seeds", "3", "--wait")
+    folded = wt("status").output
+    assert "a ×3" in folded and "b ×3" in folded and "3 succeeded" in folded
+    assert "a-s1" not in folded and "--all shows every worker" in folded
+    unfolded = wt("status", "--all").output
+    assert all(f"{b}-s{i}" in unfolded for b in "ab" for i in range(3))
+    assert "×3" not in unfolded

@@ -250,7 +250,7 @@ class RemoteBackend(Backend):
         return Checkout(path, commit, branch)
 
     def setup(self, *, dry_run: bool) -> list[str]:
-        from .sync import setup_host
+        from .remote_setup import setup_host
 
         return setup_host(self.config, self.hc, self.connect(), dry_run=dry_run)
 

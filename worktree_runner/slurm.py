@@ -17,8 +17,6 @@ past the time limit.
 
 from __future__ import annotations
 
-import os
-import re
 import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,10 +25,9 @@ from typing import Any
 
 from .backend import RemoteBackend, Started, worker_env, worker_meta
 from .config import Config, HostConfig
-from .errors import ConfigError, HostUnreachable
+from .errors import HostUnreachable
 from .hosts import Host
 from .observe import (
-    FIND_PYTHON,
     StatusOutputError,
     derive_state,
     parse_status,
@@ -38,18 +35,11 @@ from .observe import (
     status_script,
 )
 from .runs import HostLayout, WorkerRecord
+from .slurm_jobs import plan_submissions, submit_script
 from .states import NEVER_STARTED, HostHealth, Observation, WorkerState
-from .workers import LaunchSpec, command_script, install_wrapper_script
+from .workers import LaunchSpec
 
 q = shlex.quote
-
-# Groups of at least this many workers with the same sbatch settings go in as one job array
-# unless the host says `array: false` (`array: true` makes every group of 2+ an array).
-AUTO_ARRAY_MIN = 8
-DEFAULT_SIGNAL = "B:USR1@90"
-# Keys of the host's `slurm` mapping (config.py keeps every slurm-only key there).
-SBATCH_KEYS = ("partition", "gres", "gpus", "cpus", "mem", "time", "account", "qos")
-HOST_ONLY_KEYS = ("sbatch_args", "signal", "requeue", "array", "generate_tasks")
 
 # Slurm job states (squeue %T) -> ours, for jobs Slurm still knows. Active states win over
 # an exit file (a requeued job may have one from its previous run); for the others the
@@ -75,364 +65,12 @@ _ENDED_STATES: Mapping[str, tuple[WorkerState, str | None]] = {
 _REASONS = {"TIMEOUT": "time limit reached", "OUT_OF_MEMORY": "out of memory",
             "PREEMPTED": "preempted", "NODE_FAIL": "node failure", "DEADLINE": "deadline"}
 
-_TIME = re.compile(r"(\d+-)?\d+(:\d+){0,2}|\d+-\d+|UNLIMITED|INFINITE")
-_SIGNAL = re.compile(r"(?:(B|R|RB|BR):)?([A-Z0-9]+)(?:@(\d+))?")
-
 
 @dataclass(frozen=True)
 class SlurmObservation(Observation):
     """An observation plus Slurm's own word for the job (`status --json` scheduler_state)."""
 
     scheduler_state: str | None = None
-
-
-@dataclass(frozen=True)
-class SlurmSettings:
-    """Validated sbatch settings for one worker (host settings with the branch's overrides)."""
-
-    options: tuple[str, ...]  # sbatch options that may differ per worker (grouping key)
-    signal: str | None
-    requeue: bool | None
-    array: bool | None
-    generate_tasks: int
-
-
-# ---------------------------------------------------------------- settings
-
-def _where(hc: HostConfig, key: str, branch: str | None) -> str:
-    return f"branches.{branch}.slurm.{key}" if branch else f"hosts.{hc.name}.{key}"
-
-
-def _word(value: Any, where: str, example: str) -> str:
-    """A single-line sbatch value; newlines or NUL would let a value escape its argument's
-    meaning in the generated script's comments and in sbatch's own parsing."""
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ConfigError(f"{where} must be a string, got {type(value).__name__}",
-                          f"write e.g. {example}")
-    text = str(value)
-    if not text or any(c in text for c in "\n\r\0"):
-        raise ConfigError(f"{where} must be one non-empty line", f"write e.g. {example}")
-    return text
-
-
-def _positive_int(value: Any, where: str, example: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where} must be a positive integer", f"write e.g. {example}")
-    return value
-
-
-def _sbatch_option(key: str, value: Any, where: str) -> str:
-    if key == "cpus":
-        return f"--cpus-per-task={_positive_int(value, where, 'cpus: 8')}"
-    if key == "gpus":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return f"--gpus={_positive_int(value, where, 'gpus: 1')}"
-        return f"--gpus={_word(value, where, 'gpus: a100:1')}"
-    if key == "time":
-        text = _word(value, where, 'time: "04:00:00"')
-        if not _TIME.fullmatch(text):
-            raise ConfigError(f"{where}: '{text}' is not a Slurm time",
-                              'write minutes or [D-]HH:MM:SS, e.g. time: "04:00:00"')
-        return f"--time={text}"
-    if key == "mem":
-        return f"--mem={_word(value, where, 'mem: 32G')}"
-    flag = {"partition": "partition", "gres": "gres", "account": "account", "qos": "qos"}[key]
-    return f"--{flag}={_word(value, where, f'{key}: name')}"
-
-
-def _sbatch_args(value: Any, where: str) -> list[str]:
-    if isinstance(value, str):
-        try:
-            items: list[Any] = shlex.split(value)
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}", "write it as a YAML list of arguments") from None
-    elif isinstance(value, list):
-        items = value
-    else:
-        raise ConfigError(f"{where} must be a list of sbatch arguments",
-                          'write e.g. sbatch_args: ["--constraint=a100", "--exclusive"]')
-    args = [_word(item, f"{where}[{i}]", '"--exclusive"') for i, item in enumerate(items)]
-    if args and not args[0].startswith("-"):
-        raise ConfigError(f"{where}[0]: '{args[0]}' is not an option",
-                          "each item is an sbatch option such as --exclusive or --nice=10")
-    return args
-
-
-def _signal(value: Any, where: str) -> str | None:
-    if value is None or value is False:
-        return None
-    if value is True:
-        return DEFAULT_SIGNAL
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"B:USR1@{_positive_int(value, where, 'signal: 90')}"
-    text = _word(value, where, 'signal: "USR1@90"').upper()
-    match = _SIGNAL.fullmatch(text)
-    if not match:
-        raise ConfigError(f"{where}: '{value}' is not a Slurm signal spec",
-                          'write seconds (signal: 90), "USR1@90", or false to disable')
-    # Only the batch shell (wt-run's job script) may get it: it passes USR1 on to the
-    # command alone; Slurm signalling every process would also hit helper processes.
-    return f"B:{match.group(2)}@{match.group(3) or 90}"
-
-
-def _flag(value: Any, where: str) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    raise ConfigError(f"{where} must be true or false", f"write {where.rsplit('.', 1)[-1]}: true")
-
-
-def slurm_settings(config: Config, hc: HostConfig, branch: str | None = None) -> SlurmSettings:
-    """The host's settings with the branch's `slurm:` overrides, validated."""
-    host = dict(hc.slurm)
-    unknown = sorted(set(host) - set(SBATCH_KEYS) - set(HOST_ONLY_KEYS))
-    if unknown:
-        raise ConfigError(f"{config.path}: unknown key 'hosts.{hc.name}.{unknown[0]}'",
-                          f"use one of: {', '.join(SBATCH_KEYS + HOST_ONLY_KEYS)}")
-    override = dict(config.branches[branch].slurm) if branch in config.branches else {}
-    options: list[str] = []
-    for key in SBATCH_KEYS:
-        if override.get(key) is not None:
-            options.append(_sbatch_option(key, override[key], _where(hc, key, branch)))
-        elif host.get(key) is not None:
-            options.append(_sbatch_option(key, host[key], _where(hc, key, None)))
-    for source, name in ((host, None), (override, branch)):
-        if source.get("sbatch_args") is not None:
-            options += _sbatch_args(source["sbatch_args"], _where(hc, "sbatch_args", name))
-    array = host.get("array")
-    if isinstance(array, int) and not isinstance(array, bool):
-        raise ConfigError(f"hosts.{hc.name}.array must be true or false",
-                          f"write array: true (groups of {AUTO_ARRAY_MIN}+ go in as arrays "
-                          "anyway)")
-    tasks = host.get("generate_tasks", 1)
-    return SlurmSettings(
-        options=tuple(options),
-        signal=_signal(host.get("signal", True), _where(hc, "signal", None)),
-        requeue=_flag(host.get("requeue"), _where(hc, "requeue", None)),
-        array=_flag(array, _where(hc, "array", None)),
-        generate_tasks=_positive_int(tasks, _where(hc, "generate_tasks", None),
-                                     "generate_tasks: 8"),
-    )
-
-
-def _pattern_safe(path: str) -> str:
-    """A path for sbatch --output: `%` starts a replacement symbol there."""
-    if "\\" in path:
-        raise ConfigError(f"path {path!r} contains a backslash, which sbatch --output cannot "
-                          "take literally", "choose a root: without backslashes")
-    return path.replace("%", "%%")
-
-
-# ---------------------------------------------------------------- batch scripts
-
-_JOB_BODY = r"""# Earlier runs of a requeued job leave pid/exit files: keep them aside, start clean.
-wt_shelve() {
-  n=1
-  while [ -e "$d/requeues/$n" ]; do n=$((n+1)); done
-  mkdir -p "$d/requeues/$n"
-  for f in pid exit; do if [ -e "$d/$f" ]; then mv -f "$d/$f" "$d/requeues/$n/"; fi; done
-}
-if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then wt_shelve; fi
-WT_RUN_RESTART_COUNT=${SLURM_RESTART_COUNT:-0}
-export WT_RUN_RESTART_COUNT
-usr1=0
-"$PY" -S "$W" "$d" &
-w=$!
-# USR1 (checkpoint now) goes to the wrapper, which hands it to the user's command only.
-trap 'usr1=1; kill -USR1 "$w" 2>/dev/null' USR1
-trap 'kill -TERM "$w" 2>/dev/null' TERM
-while :; do
-  wait "$w"
-  rc=$?
-  kill -0 "$w" 2>/dev/null || break
-done
-if [ "$requeue" = 1 ] && [ "$usr1" = 1 ] && [ "$rc" != 0 ] && [ ! -e "$d/stop" ]; then
-  # Checkpointed on the warning signal: back to the queue, to resume from the checkpoint.
-  wt_shelve
-  echo "wt-run: requeueing job $SLURM_JOB_ID after USR1 (exit $rc)"
-  scontrol requeue "$SLURM_JOB_ID" && exit 0
-fi
-exit "$rc"
-"""
-
-
-def _job_header(title: str, argv: Sequence[str]) -> str:
-    return ("#!/bin/sh\n"
-            f"# wt-run batch job: {title}\n"
-            "# generated by wt-run; submitted as:\n"
-            f"#   {shlex.join(argv)}\n")
-
-
-def job_script(rec: WorkerRecord, settings: SlurmSettings, argv: Sequence[str], root: str
-               ) -> str:
-    """The batch script of one worker's job."""
-    return (_job_header(f"worker {rec.name} (branch {rec.branch})", argv)
-            + f"d={q(rec.worker_dir)}\nW={q(root + '/wrapper.py')}\n" + FIND_PYTHON
-            + f"requeue={1 if settings.requeue else 0}\n" + _JOB_BODY)
-
-
-def array_job_script(recs: Sequence[WorkerRecord], settings: SlurmSettings,
-                     argv: Sequence[str], root: str) -> str:
-    """The batch script of a job array: task i runs worker i."""
-    cases = "".join(f"  {i}) d={q(r.worker_dir)} ;;\n" for i, r in enumerate(recs))
-    return (_job_header(f"array of {len(recs)} workers: {' '.join(r.name for r in recs)}",
-                        argv)
-            + 'case "${SLURM_ARRAY_TASK_ID:-}" in\n' + cases
-            + '  *) echo "wt-run: no worker for array task ${SLURM_ARRAY_TASK_ID:-}" >&2;'
-            + " exit 97 ;;\nesac\n"
-            + f"W={q(root + '/wrapper.py')}\n" + FIND_PYTHON
-            + f"requeue={1 if settings.requeue else 0}\n" + _JOB_BODY)
-
-
-def sbatch_argv(rec: WorkerRecord, settings: SlurmSettings, *, output: str, name: str,
-                run_dir: str, array: int | None = None) -> list[str]:
-    argv = ["sbatch", "--parsable", f"--job-name={name}", f"--output={_pattern_safe(output)}",
-            "--open-mode=append", f"--chdir={rec.worker_dir if array is None else run_dir}"]
-    if array is not None:
-        argv.append(f"--array=0-{array - 1}")
-    if settings.signal:
-        argv.append(f"--signal={settings.signal}")
-    if settings.requeue is not None:
-        argv.append("--requeue" if settings.requeue else "--no-requeue")
-    return argv + list(settings.options)
-
-
-@dataclass(frozen=True)
-class Submission:
-    """One sbatch call: its workers (one, or an array's tasks in order) and its script."""
-
-    records: tuple[WorkerRecord, ...]
-    argv: tuple[str, ...]  # without the script path, which the submit script appends
-    script: str
-    script_path: str
-    links: tuple[tuple[str, str], ...] = ()  # (link, target): array output paths
-    # Sharded generation: the array of shard tasks runs pseudo-workers (task dirs) for
-    # `owner`; the owner's own job then waits for it (`--dependency=afterany:<array>`).
-    owner: WorkerRecord | None = None
-    task_env: tuple[Mapping[str, str], ...] = ()
-    after_previous: bool = False
-
-
-def plan_submissions(config: Config, hc: HostConfig, records: Sequence[WorkerRecord],
-                     tag: str, layout: HostLayout, run: str) -> list[Submission]:
-    """Group workers by identical settings; big groups (or all, with array: true) become
-    job arrays. `tag` keeps array file names of different launches apart."""
-    root, run_dir = layout.root, layout.run_dir(run)
-    if len(records) == 1 and records[0].kind == "generate":
-        settings = slurm_settings(config, hc, None)
-        if settings.generate_tasks > 1:
-            return _plan_sharded_generate(records[0], settings, root, run_dir)
-    groups: dict[SlurmSettings, list[WorkerRecord]] = {}
-    for rec in records:
-        groups.setdefault(slurm_settings(config, hc, rec.branch_entry), []).append(rec)
-    subs: list[Submission] = []
-    for g, (settings, recs) in enumerate(groups.items()):
-        as_array = len(recs) >= (2 if settings.array else AUTO_ARRAY_MIN)
-        if settings.array is False or not as_array:
-            for rec in recs:
-                argv = sbatch_argv(rec, settings, output=rec.log, name=f"wt-run:{rec.name}",
-                                   run_dir=run_dir)
-                path = f"{rec.worker_dir}/job.sh"
-                subs.append(Submission((rec,), tuple(argv),
-                                       job_script(rec, settings, [*argv, path], root), path))
-            continue
-        base = f"{run_dir}/slurm/{tag}-{g}"
-        # Slurm names the output file by task index: a link per index to the worker's dir
-        # makes each task write the worker's own log.
-        links = tuple((f"{base}-{i}", r.worker_dir) for i, r in enumerate(recs))
-        output = f"{_pattern_safe(base)}-%a/log"
-        argv = sbatch_argv(recs[0], settings, output="", name=f"wt-run:{recs[0].name}+"
-                           f"{len(recs) - 1}", run_dir=run_dir, array=len(recs))
-        argv = [a if not a.startswith("--output=") else f"--output={output}" for a in argv]
-        path = f"{base}.sh"
-        subs.append(Submission(tuple(recs), tuple(argv),
-                               array_job_script(recs, settings, [*argv, path], root), path,
-                               links))
-    return subs
-
-
-def _plan_sharded_generate(rec: WorkerRecord, settings: SlurmSettings, root: str,
-                           run_dir: str) -> list[Submission]:
-    """`generate` split over an array of N tasks, each with WT_RUN_TASK_INDEX/COUNT set and its
-    own wrapper files in `<worker dir>/tasks/<i>`, then the plain command once more after all
-    of them (afterany): it finds every shard done and writes the dataset's summary, or renders
-    what a failed task left, so the result equals one process's whatever happened."""
-    n = settings.generate_tasks
-    tasks = tuple(replace(rec, name=f"{rec.name}.{i}", worker_dir=f"{rec.worker_dir}/tasks/{i}")
-                  for i in range(n))
-    envs = tuple({"WT_RUN_TASK_INDEX": str(i), "WT_RUN_TASK_COUNT": str(n)} for i in range(n))
-    argv = sbatch_argv(rec, settings, output=f"{rec.worker_dir}/tasks/%a/log",
-                       name=f"wt-run:{rec.name}-tasks", run_dir=run_dir, array=n)
-    # Task dirs are named by index, so the output pattern needs no links; `%a` must survive.
-    argv = [a if not a.startswith("--output=") else
-            f"--output={_pattern_safe(rec.worker_dir)}/tasks/%a/log" for a in argv]
-    path = f"{rec.worker_dir}/tasks.sh"
-    array = Submission(tasks, tuple(argv),
-                       array_job_script(tasks, settings, [*argv, path], root), path, owner=rec,
-                       task_env=envs)
-    final_argv = sbatch_argv(rec, settings, output=rec.log, name=f"wt-run:{rec.name}",
-                             run_dir=run_dir)
-    final_path = f"{rec.worker_dir}/job.sh"
-    shown = [*final_argv, "--dependency=afterany:<tasks job>", final_path]
-    final = Submission((rec,), tuple(final_argv), job_script(rec, settings, shown, root),
-                       final_path, after_previous=True)
-    return [array, final]
-
-
-_SUBMIT_FN = r"""
-wt_prep() {
-  d=$1
-  [ -d "$d/out" ] || { echo "error $2 cannot create $d"; return 1; }
-  if [ -e "$d/pid" ] || [ -e "$d/exit" ] || [ -e "$d/job" ] || [ -e "$d/log" ]; then
-    n=1
-    while [ -e "$d/attempts/$n" ]; do n=$((n+1)); done
-    mkdir -p "$d/attempts/$n"
-    for f in pid exit stop job log cmd.sh job.sh requeues tasks tasks.sh; do
-      if [ -e "$d/$f" ]; then mv -f "$d/$f" "$d/attempts/$n/"; fi
-    done
-  fi
-  printf '%s' "$3" > "$d/cmd.sh"
-}
-NL='
-'
-E=$(mktemp) || exit 91
-trap 'rm -f "$E"' EXIT
-wt_sub() {
-  i=$1
-  shift
-  if out=$("$@" 2>"$E" </dev/null) && [ -n "$out" ]; then
-    out=${out##*"$NL"}
-    JOB=${out%%;*}
-    echo "submitted $i $JOB"
-  else
-    echo "error $i sbatch:" $(cat "$E")
-  fi
-}
-"""
-
-
-def submit_script(root: str, subs: Sequence[Submission], specs: Mapping[str, LaunchSpec]
-                  ) -> str:
-    """One script: install the wrapper, prepare every worker dir, submit every job."""
-    # One mkdir for every worker dir: a process per worker would cost more than sbatch.
-    dirs = " ".join(q(f"{r.worker_dir}/out") for sub in subs for r in sub.records)
-    parts = ["umask 077", install_wrapper_script(root), f"mkdir -p {dirs}", _SUBMIT_FN]
-    for i, sub in enumerate(subs):
-        prep = " && ".join(f"wt_prep {q(r.worker_dir)} {i} {q(command_script(specs[r.name]))}"
-                           for r in sub.records)
-        steps = [prep]
-        steps += [f"mkdir -p {q(os.path.dirname(link))} && ln -sfn {q(target)} {q(link)}"
-                  for link, target in sub.links]
-        steps.append(f"printf '%s' {q(sub.script)} > {q(sub.script_path)}")
-        if sub.after_previous:
-            steps.append(f'[ -n "$JOB" ] && wt_sub {i} {shlex.join(sub.argv)} '
-                         f'"--dependency=afterany:$JOB" {q(sub.script_path)}')
-        else:
-            steps.append(f"JOB= && wt_sub {i} {shlex.join(sub.argv)} {q(sub.script_path)}")
-        if sub.owner is not None:
-            # stop/cancel find the shard tasks' array through this file
-            steps.append(f'printf "%s\\n" "$JOB" > {q(sub.owner.worker_dir + "/tasks/job")}')
-        parts.append(" &&\n".join(steps))
-    return "\n".join(parts) + "\n"
 
 
 def submit_slurm(config: Config, hc: HostConfig, host: Host, run: str,

@@ -21,7 +21,6 @@ of the needed refs minus the host's tips (`^have`) is uploaded and fetched into
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 import subprocess
 import tempfile
@@ -30,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import BranchConfig, Config, HostConfig
+from .config import BranchConfig, Config
 from .errors import ConfigError, GitError, HostError
 from .hosts import CommandResult, Host
 from .runs import HostLayout
@@ -53,7 +52,7 @@ def prepare_remote_worktrees(config: Config, host: Host, branches: Sequence[Bran
     wanted = [_local_commit(config, b) for b in branches]
     paths = HostLayout.remote(host.root, config.data)
     needed = [rel for rel in config.shared if rel.strip("/") != paths.data_rel]
-    inventory = _inventory(host, paths, [w.commit for w in wanted], needed)
+    inventory = inventory_of(host, paths, [w.commit for w in wanted], needed)
     if inventory.missing_shared:
         # Refused before anything is created or uploaded on the host.
         raise _refusal(f"shared-missing {inventory.missing_shared[0]}", host.name,
@@ -61,7 +60,7 @@ def prepare_remote_worktrees(config: Config, host: Host, branches: Sequence[Bran
     if dry_run:
         return [(b, paths.worktree(b.name), w.commit) for b, w in zip(branches, wanted)]
     script = _worktrees_script(config, paths, branches, wanted, force)
-    result = _apply_with_bundle(config, host, paths, inventory, wanted, script)
+    result = apply_with_bundle(config, host, paths, inventory, wanted, script)
     commits = _ok_lines(result)
     return [(b, paths.worktree(b.name), commits.get(b.name, w.commit))
             for b, w in zip(branches, wanted)]
@@ -70,35 +69,15 @@ def prepare_remote_worktrees(config: Config, host: Host, branches: Sequence[Bran
 def prepare_remote_repo(config: Config, host: Host, *, dry_run: bool) -> tuple[str, str, str]:
     """This checkout's HEAD commit, checked out (detached) in `<root>/repo` on the host, for
     `wt-run generate`. Returns (repo path on the host, commit, local branch name)."""
-    head = _head_commit(config)
+    head = head_commit(config)
     branch = _git(config, "branch", "--show-current").strip()
     paths = HostLayout.remote(host.root, config.data)
-    inventory = _inventory(host, paths, [head.commit])
+    inventory = inventory_of(host, paths, [head.commit])
     if dry_run:
         return paths.repo, head.commit, branch
     script = _repo_checkout_script(paths, head.commit)
-    result = _apply_with_bundle(config, host, paths, inventory, [head], script)
+    result = apply_with_bundle(config, host, paths, inventory, [head], script)
     return paths.repo, _ok_lines(result).get("repo", head.commit), branch
-
-
-def setup_host(config: Config, hc: HostConfig, host: Host, *, dry_run: bool) -> list[str]:
-    """Prepare a host: root (mode 700), repository at this checkout's HEAD, a virtualenv at
-    `<root>/repo/.venv` (system site packages visible, so an installed torch is reused) with
-    the project's requirements, the shared paths, and the host's `setup:` lines. Idempotent:
-    a second run changes nothing and says so."""
-    head = _head_commit(config)
-    paths = HostLayout.remote(host.root, config.data)
-    inventory = _inventory(host, paths, [head.commit])
-    script = _setup_script(config, hc, paths, head.commit, dry_run)
-    if dry_run:
-        result = host.run_script(script, timeout=SETUP_TIMEOUT_S)
-        _raise_for(result, hc.name, paths)
-        bundle_note = None if head.commit in inventory.present else "would fetch"
-    else:
-        result = _apply_with_bundle(config, host, paths, inventory, [head], script,
-                                    timeout=SETUP_TIMEOUT_S)
-        bundle_note = result.bundle_note
-    return _setup_report(hc.name, paths, result.stdout, head.commit, bundle_note, dry_run)
 
 
 # ---------------------------------------------------------------------- local side
@@ -131,7 +110,7 @@ def _local_commit(config: Config, b: BranchConfig) -> _Wanted:
     return _base_commit(config)
 
 
-def _head_commit(config: Config) -> _Wanted:
+def head_commit(config: Config) -> _Wanted:
     sha = _git(config, "rev-parse", "-q", "--verify", "HEAD^{commit}", check=False).strip()
     if not sha:
         raise GitError(f"{config.repo} has no commit yet", "commit something first")
@@ -195,7 +174,7 @@ class _Inventory:
     missing_shared: tuple[str, ...] = ()
 
 
-def _inventory(host: Host, paths: HostLayout, commits: Sequence[str],
+def inventory_of(host: Host, paths: HostLayout, commits: Sequence[str],
                shared: Sequence[str] = ()) -> _Inventory:
     """One read-only round trip: does the repo exist, its ref tips, which commits it has,
     which of the given shared paths are missing."""
@@ -212,7 +191,7 @@ def _inventory(host: Host, paths: HostLayout, commits: Sequence[str],
               f"{checks}" + (f"else\n{no_repo}" if no_repo else "") + "fi\n"
               "exit 0\n")
     result = host.run_script(script)
-    _raise_for(result, host.name)
+    raise_for(result, host.name)
     lines = result.stdout.split("\n")
     missing = {int(x[9:]) for x in lines if x.startswith("noshared ")}
     return _Inventory("root" in lines, "repo" in lines,
@@ -227,14 +206,14 @@ class _Applied:
     bundle_note: str | None  # "fetched N KiB" or None when nothing was sent
 
 
-def _apply_with_bundle(config: Config, host: Host, paths: HostLayout, inventory: _Inventory,
+def apply_with_bundle(config: Config, host: Host, paths: HostLayout, inventory: _Inventory,
                        wanted: Sequence[_Wanted], script_body: str,
                        timeout: float | None = None) -> _Applied:
     """Send the missing commits (if any) and run `script_body` after fetching them."""
     missing = [w for w in wanted if w.commit not in inventory.present]
     if not missing:
-        result = host.run_script(_preamble(paths) + script_body, timeout=timeout)
-        _raise_for(result, host.name, paths)
+        result = host.run_script(preamble(paths) + script_body, timeout=timeout)
+        raise_for(result, host.name, paths)
         return _Applied(result.stdout, None)
     haves = _known_locally(config, inventory.tips)
     for full in (False, True):
@@ -246,11 +225,11 @@ def _apply_with_bundle(config: Config, host: Host, paths: HostLayout, inventory:
             size = bundle.stat().st_size
             remote = f"{paths.tmp}/{uuid.uuid4().hex}.bundle"
             host.put(bundle, remote)
-        script = _preamble(paths) + _fetch_lines(remote, missing) + script_body
+        script = preamble(paths) + _fetch_lines(remote, missing) + script_body
         result = host.run_script(script, timeout=timeout)
         if result.exit_code == EXIT_NEED_FULL_BUNDLE and not full:
             continue
-        _raise_for(result, host.name, paths)
+        raise_for(result, host.name, paths)
         kind = "full" if full or not haves else "incremental"
         return _Applied(result.stdout, f"fetched {_kib(size)} ({kind} bundle)")
     raise AssertionError("unreachable")
@@ -260,7 +239,7 @@ def _kib(size: int) -> str:
     return f"{max(1, round(size / 1024))} KiB"
 
 
-def _preamble(paths: HostLayout) -> str:
+def preamble(paths: HostLayout) -> str:
     """Shared head of every mutating script: private files, root and repository present."""
     return (
         "umask 077\n"
@@ -401,165 +380,6 @@ def _repo_checkout_script(paths: HostLayout, commit: str) -> str:
     )
 
 
-_SETUP_FNS = r"""
-act() { if [ -n "$DRY" ]; then echo "would $1"; return 1; fi; return 0; }
-"""
-
-
-def _setup_script(config: Config, hc: HostConfig, paths: HostLayout, commit: str,
-                  dry_run: bool) -> str:
-    """The host bootstrap after the commit is there; with DRY set it only reports."""
-    setup_text = "\n".join(hc.setup)
-    setup_stamp = hashlib.sha256(setup_text.encode()).hexdigest() if setup_text else ""
-    shared = [s.strip("/") for s in config.shared]
-    if paths.data_rel is not None and paths.data_rel not in shared:
-        shared.append(paths.data_rel)
-    parts = [
-        f"DRY={'1' if dry_run else ''}", f"PY={q(hc.python)}", f"C={q(commit)}",
-        f"SETUP={q(setup_text)}", f"STAMP={q(setup_stamp)}", _SETUP_FNS,
-    ]
-    if dry_run:
-        # Nothing may change: report what is missing instead of the preamble's mkdir/init.
-        parts.append(f"R={q(paths.root)}\nG={q(paths.repo)}\n"
-                     '[ -d "$R" ] || echo "would create-root"\n'
-                     '[ -d "$G/.git" ] || echo "would create-repo"\n'
-                     "refuse() { printf 'refuse %s\\n' \"$*\"; exit 3; }\n"
-                     "failed() { printf 'failed %s\\n' \"$1\"; exit 5; }\n"
-                     # No error file: in a dry run nothing that would write one runs.
-                     "E=\n")
-    parts.append(
-        # The repository's checkout follows this machine's HEAD (requirements come from it).
-        'cur=$(git -C "$G" rev-parse -q --verify HEAD 2>/dev/null)\n'
-        'if [ "$cur" != "$C" ]; then\n'
-        '  if [ -n "$cur" ] && [ -n "$(git -C "$G" status --porcelain --untracked-files=no)" ];'
-        " then refuse repo-dirty; fi\n"
-        '  if act checkout; then\n'
-        '    git -C "$G" checkout -q --detach "$C" </dev/null >"$E" 2>&1 || failed checkout\n'
-        "    echo repo-updated\n"
-        "  fi\n"
-        "fi\n"
-        'V="$G/.venv"\n'
-        'if [ -x "$V/bin/python" ]; then echo venv-ok\n'
-        "elif act venv; then\n"
-        '  "$PY" -m venv --system-site-packages "$V" </dev/null >"$E" 2>&1 || failed venv\n'
-        "  echo venv-created\n"
-        "fi\n"
-        'if [ -f "$G/requirements.txt" ]; then src=requirements.txt\n'
-        'elif [ -f "$G/pyproject.toml" ] || [ -f "$G/setup.py" ]; then src=project\n'
-        "else src=none; fi\n"
-        'want=$(cd "$G" && cat requirements.txt pyproject.toml setup.py setup.cfg 2>/dev/null '
-        "| cksum)\n"
-        'have=$(cat "$V/.wt-run-requirements" 2>/dev/null)\n'
-        'if [ "$src" = none ]; then echo req-none\n'
-        'elif [ "$want" = "$have" ]; then echo "req-ok $src"\n'
-        'elif act "install $src"; then\n'
-        '  if [ "$src" = requirements.txt ]; then\n'
-        "    if grep -q '^[[:space:]]*[^#[:space:]]' \"$G/requirements.txt\"; then\n"
-        '      (cd "$G" && PIP_DISABLE_PIP_VERSION_CHECK=1 "$V/bin/python" -m pip install '
-        "--no-input -q -r requirements.txt) </dev/null >\"$E\" 2>&1 || failed pip\n"
-        "    fi\n"
-        "  else\n"
-        '    (cd "$G" && PIP_DISABLE_PIP_VERSION_CHECK=1 "$V/bin/python" -m pip install '
-        "--no-input -q -e .) </dev/null >\"$E\" 2>&1 || failed pip\n"
-        "  fi\n"
-        '  printf \'%s\\n\' "$want" > "$V/.wt-run-requirements"\n'
-        '  echo "req-installed $src"\n'
-        "fi\n"
-    )
-    for rel in shared:
-        if rel == ".venv":
-            continue
-        parts.append(f"if [ -e \"$G\"/{q(rel)} ]; then echo shared-ok {q(rel)}\n"
-                     f"elif act {q('create ' + rel)}; then mkdir -p \"$G\"/{q(rel)} "
-                     f"|| failed mkdir; echo shared-created {q(rel)}; fi\n")
-    parts.append(
-        'if [ -n "$SETUP" ]; then\n'
-        '  if [ "$(cat "$R/.setup-stamp" 2>/dev/null)" = "$STAMP" ]; then echo setup-ok\n'
-        '  elif act "run setup"; then\n'
-        # eval, not `sh -c`: the lines never appear on a process command line.
-        '    (cd "$G" && PATH="$V/bin:$PATH" && VIRTUAL_ENV="$V" && export PATH VIRTUAL_ENV '
-        '&& set -e && eval "$SETUP") </dev/null >"$E" 2>&1 || failed setup\n'
-        '    printf \'%s\\n\' "$STAMP" > "$R/.setup-stamp"\n'
-        "    echo setup-ran\n"
-        "  fi\n"
-        "fi\n"
-        'if [ -n "$E" ] && [ -f "$E" ]; then rm -f "$E"; fi\n'
-    )
-    return "\n".join(parts)
-
-
-def _setup_report(host_name: str, paths: HostLayout, stdout: str, commit: str,
-                  bundle_note: str | None, dry_run: bool) -> list[str]:
-    out: list[str] = []
-    changed = bool(bundle_note)
-    short = commit[:12]
-    seen = stdout.splitlines()
-    words = {line.split(" ", 1)[0] for line in seen}
-    if dry_run:
-        if bundle_note:
-            out.append(f"Would send commit {short} to {host_name} (git bundle)")
-        for line in seen:
-            if line.startswith("would "):
-                out.append(_would(line[6:], host_name, paths, short))
-        if not out:
-            out.append(f"host {host_name}: up to date (nothing would change)")
-        return out
-    if "created-root" in words:
-        out.append(f"root {paths.root}: created (mode 700)")
-        changed = True
-    if "created-repo" in words:
-        out.append(f"repository {paths.repo}: created")
-        changed = True
-    if bundle_note:
-        out.append(f"repository: {bundle_note}")
-    if "repo-updated" in words:
-        out.append(f"repository: checked out {short}")
-        changed = True
-    else:
-        out.append(f"repository: up to date at {short}")
-    if "venv-created" in words:
-        out.append(f"virtualenv {paths.repo}/.venv: created (--system-site-packages)")
-        changed = True
-    else:
-        out.append("virtualenv: up to date")
-    for line in seen:
-        kind, _, rest = line.partition(" ")
-        if kind == "req-installed":
-            what = "requirements.txt" if rest == "requirements.txt" else "pip install -e ."
-            out.append(f"requirements: installed ({what})")
-            changed = True
-        elif kind == "req-ok":
-            out.append("requirements: up to date")
-        elif kind == "req-none":
-            out.append("requirements: none (no requirements.txt or pyproject.toml)")
-        elif kind == "shared-created":
-            out.append(f"shared {rest}: created")
-            changed = True
-        elif kind == "shared-ok":
-            out.append(f"shared {rest}: up to date")
-        elif kind == "setup-ran":
-            out.append("setup commands: ran")
-            changed = True
-        elif kind == "setup-ok":
-            out.append("setup commands: up to date")
-    out.append(f"host {host_name}: {'ready' if changed else 'up to date'}")
-    return out
-
-
-def _would(action: str, host_name: str, paths: HostLayout, short: str) -> str:
-    verb, _, rest = action.partition(" ")
-    texts = {
-        "create-root": f"Would create root {paths.root} (mode 700)",
-        "create-repo": f"Would create repository {paths.repo}",
-        "checkout": f"Would check out {short} in {paths.repo}",
-        "venv": f"Would create virtualenv {paths.repo}/.venv (--system-site-packages)",
-        "install": f"Would install requirements ({rest})",
-        "create": f"Would create shared path {rest}",
-        "run": "Would run the setup: lines",
-    }
-    return f"{texts.get(verb, 'Would ' + action)} on {host_name}"
-
-
 # ---------------------------------------------------------------------- results
 
 def _ok_lines(result: _Applied | CommandResult) -> dict[str, str]:
@@ -591,7 +411,7 @@ _REFUSALS = {
 }
 
 
-def _raise_for(result: CommandResult, host_name: str, paths: HostLayout | None = None
+def raise_for(result: CommandResult, host_name: str, paths: HostLayout | None = None
                ) -> None:
     if result.exit_code == 0:
         return

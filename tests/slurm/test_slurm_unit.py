@@ -15,12 +15,9 @@ import yaml
 from worktree_runner.config import Config, parse_config
 from worktree_runner.errors import ConfigError
 from worktree_runner.runs import HostLayout, WorkerRecord
-from worktree_runner.slurm import (
-    AUTO_ARRAY_MIN,
-    combine,
-    plan_submissions,
-    slurm_settings,
-)
+from worktree_runner.slurm import combine
+from worktree_runner.slurm_jobs import plan_submissions
+from worktree_runner.slurm_settings import AUTO_ARRAY_MIN, slurm_settings
 from worktree_runner.states import Observation, WorkerState
 
 GOLDEN = Path(__file__).parent / "golden" / "batch_scripts.txt"

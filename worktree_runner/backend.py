@@ -65,12 +65,14 @@ def worker_env(config: Config, rec: WorkerRecord, run: str, data: str) -> dict[s
     return env
 
 
-def worker_meta(config: Config, rec: WorkerRecord, run: str, gpu: bool) -> dict[str, Any]:
+def worker_meta(config: Config, rec: WorkerRecord, run: str, gpu: bool, data: str
+                ) -> dict[str, Any]:
     """meta.json: what the host-side wrapper and queue need to know about a worker."""
     policy = config.retry_for(rec.branch_entry)
     return {"name": rec.name, "run": run, "notify": config.notify,
             "retry": {"max": policy.max, "on": list(policy.on)}, "grace": config.stop_grace,
-            "gpu": gpu}
+            "gpu": gpu, "worktree": rec.worktree, "data": data,
+            "gpus": ",".join(rec.gpus) or None}
 
 
 class Backend(ABC):
@@ -153,7 +155,7 @@ class ShellBackend(Backend):
         data = self.layout().data
         specs = [LaunchSpec(r.name, r.worker_dir, r.worktree, r.command,
                             worker_env(self.config, r, run, data),
-                            worker_meta(self.config, r, run, bool(self.hc.gpus)), host.root)
+                            worker_meta(self.config, r, run, bool(self.hc.gpus), data))
                  for r in records]
         try:
             started = start_workers(host, specs, self.config.stop_grace, self.queue())

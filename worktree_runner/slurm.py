@@ -89,7 +89,7 @@ def submit_slurm(config: Config, hc: HostConfig, host: Host, run: str,
             owner = sub.owner or r
             specs[r.name] = LaunchSpec(r.name, r.worker_dir, r.worktree, r.command,
                                        {**worker_env(config, owner, run, layout.data), **extra},
-                                       worker_meta(config, owner, run, False), layout.root)
+                                       worker_meta(config, owner, run, False, layout.data))
     result = host.run_script(submit_script(layout.root, subs, specs),
                              timeout=hc.command_timeout).check()
     now = time.time()

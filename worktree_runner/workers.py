@@ -44,7 +44,6 @@ class LaunchSpec:
     env: Mapping[str, str]
     # meta.json: name, run, notify, retry policy, grace, whether it takes a GPU
     meta: Mapping[str, Any] = field(default_factory=dict)
-    root: str = ""  # wt-run's directory on the host (the host programs live there)
 
 
 @dataclass(frozen=True)
@@ -76,13 +75,6 @@ def command_script(spec: LaunchSpec) -> str:
     lines.append(f'export PYTHONPATH={q(spec.worktree)}"${{PYTHONPATH:+:$PYTHONPATH}}"')
     lines.append('if [ -x .venv/bin/python ]; then PATH="$PWD/.venv/bin:$PATH"; '
                  'VIRTUAL_ENV="$PWD/.venv"; export PATH VIRTUAL_ENV; fi')
-    # What else could make results differ (packages, GPU, dirty code, data), recorded with
-    # the worker's own python just before the command (a listing and two git calls: cheap);
-    # a failure here never keeps the command from running.
-    if spec.root:
-        lines.append(f'"$(command -v python || command -v python3)" '
-                     f'{q(spec.root + "/envinfo.py")} {q(d + "/env.json")} '
-                     '</dev/null >/dev/null 2>&1 || :')
     lines.append(exec_line(spec.command))
     return "\n".join(lines) + "\n"
 

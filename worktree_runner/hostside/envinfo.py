@@ -1,34 +1,58 @@
-# wt-run environment record: python envinfo.py OUT_JSON
+# wt-run environment record, written as ENV.json just before a worker's command starts.
 #
-# Run by a worker's cmd.sh just before its command, in the worktree, with the worker's own
-# python and environment: what else could make two results differ. Written by rename.
-# Cheap on purpose: package versions come from installed metadata (nothing is imported).
+# Imported by wrapper.py (no extra process): what else could make two results differ. The
+# worker's python is found as its cmd.sh finds it (the worktree's .venv, else `python` on
+# PATH); package versions come from the metadata folder names in its site-packages (a
+# listing: nothing is imported). Written by rename.
+import glob
 import hashlib
 import json
 import os
-import platform
+import re
+import shutil
 import socket
 import subprocess
-import sys
 
 
-def run(argv):
+def run(argv, cwd=None, env=None):
     try:
-        out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             timeout=30, check=False)
+        out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=cwd,
+                             env=env, timeout=30, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.decode("utf-8", "replace").strip() if out.returncode == 0 else None
 
 
-def packages(info):
-    """Installed distributions from their metadata folder names (`torch-2.13.0.dist-info`):
-    a listing, no import, no metadata parsing."""
-    import sysconfig
+def worker_python(worktree):
+    """(site-packages dirs, python version) of the interpreter the command will use."""
+    venv = os.path.join(worktree, ".venv")
+    if not os.path.isfile(os.path.join(venv, "bin", "python")):
+        exe = shutil.which("python") or shutil.which("python3")
+        if not exe:
+            return [], None
+        real = os.path.realpath(exe)
+        venv = os.path.dirname(os.path.dirname(exe))
+        if not os.path.isfile(os.path.join(venv, "pyvenv.cfg")):
+            venv = os.path.dirname(os.path.dirname(real))
+    version = None
+    cfg = os.path.join(venv, "pyvenv.cfg")
+    if os.path.isfile(cfg):
+        with open(cfg) as fh:
+            for line in fh:
+                key, _, value = line.partition("=")
+                if key.strip() in ("version", "version_info"):
+                    version = value.strip()
+    dirs = sorted(glob.glob(os.path.join(venv, "lib", "python3*", "site-packages"))
+                  + glob.glob(os.path.join(venv, "lib", "python3*", "dist-packages")))
+    if version is None and dirs:
+        match = re.search(r"python(3\.\d+)", dirs[0])
+        version = match.group(1) if match else None
+    return dirs, version
 
-    paths = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+
+def packages(info, dirs):
     seen = set()
-    for path in paths:
+    for path in dirs:
         try:
             names = os.listdir(path)
         except OSError:
@@ -36,8 +60,7 @@ def packages(info):
         for entry in names:
             for suffix in (".dist-info", ".egg-info"):
                 if entry.endswith(suffix):
-                    stem = entry[:-len(suffix)]
-                    name, _, version = stem.partition("-")
+                    name, _, version = entry[:-len(suffix)].partition("-")
                     seen.add((name.lower().replace("_", "-"), version.split("-py")[0]))
     info["packages_hash"] = hashlib.sha256(
         "\n".join("%s==%s" % p for p in sorted(seen)).encode()).hexdigest()[:16]
@@ -47,13 +70,13 @@ def packages(info):
         info[name] = versions.get(name)
 
 
-def gpus(info):
-    out = run(["nvidia-smi", "--query-gpu=index,name,driver_version",
-               "--format=csv,noheader"])
+def gpus(info, visible):
     info["gpu"] = info["driver"] = None
+    if not shutil.which("nvidia-smi"):
+        return
+    out = run(["nvidia-smi", "--query-gpu=index,name,driver_version", "--format=csv,noheader"])
     if not out:
         return
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     wanted = None if visible is None else set(visible.split(","))
     names, drivers = [], set()
     for line in out.splitlines():
@@ -65,24 +88,22 @@ def gpus(info):
     info["driver"] = ", ".join(sorted(drivers)) or None
 
 
-def code(info):
-    info["commit"] = run(["git", "rev-parse", "HEAD"])
-    changes = run(["git", "status", "--porcelain", "--untracked-files=no"])
+def code(info, worktree, run_id, name):
+    info["commit"] = run(["git", "rev-parse", "HEAD"], cwd=worktree)
+    changes = run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=worktree)
     info["dirty"] = bool(changes)
     info["snapshot"] = None
     if changes:
         # The uncommitted changes as a commit (like `git stash create`), kept under a ref so
         # the exact code can be recovered and diffed later.
-        sha = run(["git", "stash", "create", "wt-run snapshot"])
-        ref = "refs/wt-run/snapshots/%s/%s" % (os.environ.get("WT_RUN_RUN", "run"),
-                                              os.environ.get("WT_RUN_NAME", "worker"))
-        if sha and run(["git", "update-ref", ref, sha]) is not None:
+        sha = run(["git", "stash", "create", "wt-run snapshot"], cwd=worktree)
+        ref = "refs/wt-run/snapshots/%s/%s" % (run_id, name)
+        if sha and run(["git", "update-ref", ref, sha], cwd=worktree) is not None:
             info["snapshot"] = sha
             info["snapshot_ref"] = ref
 
 
-def data(info):
-    path = os.environ.get("WT_RUN_DATA")
+def data(info, path):
     info["data_fingerprint"] = None
     if not path or not os.path.isdir(path):
         return
@@ -108,18 +129,28 @@ def data(info):
     info["data_fingerprint"] = h.hexdigest()[:16]
 
 
-def main(out_path):
-    info = {"host": socket.gethostname(), "python": platform.python_version()}
-    for step in (packages, gpus, code, data):
+def record(out_path, meta, visible_gpus):
+    """Write the environment record; never raises (a worker must start regardless)."""
+    worktree = meta.get("worktree") or os.getcwd()
+    info = {"host": socket.gethostname()}
+    steps = [
+        ("python", lambda: info.update(zip(("site", "python"), worker_python(worktree)))),
+        ("packages", lambda: packages(info, info.pop("site", []))),
+        ("gpus", lambda: gpus(info, visible_gpus)),
+        ("code", lambda: code(info, worktree, meta.get("run", "run"),
+                              meta.get("name", "worker"))),
+        ("data", lambda: data(info, meta.get("data"))),
+    ]
+    for label, step in steps:
         try:
-            step(info)
-        except Exception as exc:  # never keep the command from starting
-            info.setdefault("errors", []).append("%s: %s" % (step.__name__, exc))
-    tmp = out_path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(info, fh, sort_keys=True)
-    os.replace(tmp, out_path)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
+            step()
+        except Exception as exc:
+            info.setdefault("errors", []).append("%s: %s" % (label, exc))
+    info.pop("site", None)
+    try:
+        tmp = out_path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(info, fh, sort_keys=True)
+        os.replace(tmp, out_path)
+    except OSError:
+        pass

@@ -111,6 +111,7 @@ def main():
     if os.path.exists(os.path.join(WORKER_DIR, "stop")) or state["forwarded"]:
         write("exit", "0 %d never\n" % int(time.time()))
         return 143
+    record_env()
     ooms_before = oom_kills()
     child = subprocess.Popen(["sh", os.path.join(WORKER_DIR, "cmd.sh")])
     state["child"] = child
@@ -189,6 +190,26 @@ def may_retry(meta, reason):
     except (OSError, ValueError, IndexError):
         attempt = 1
     return reason in (retry.get("on") or []) and attempt <= int(retry.get("max") or 0)
+
+
+def record_env():
+    """env.json: what the worker runs with (envinfo.py beside this file), just before the
+    command starts; skipped when the host program is missing (an older install)."""
+    meta = read_meta()
+    if "worktree" not in meta:
+        return
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    try:
+        import envinfo
+    except ImportError:
+        return
+    visible = meta.get("gpus")
+    try:
+        with open(os.path.join(WORKER_DIR, "gpus")) as fh:
+            visible = fh.read().split()[0]
+    except (OSError, IndexError):
+        pass
+    envinfo.record(os.path.join(WORKER_DIR, "env.json"), meta, visible)
 
 
 def read_meta():

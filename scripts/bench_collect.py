@@ -93,12 +93,11 @@ def timed(argv: list[str]) -> float:
 
 def wt_run_ssh_options(config: object) -> list[str]:
     """The OpenSSH options (no `ssh`, no destination) wt-run's collect uses for bulk data."""
-    from worktree_runner.collect import FAST_CIPHER
+    from worktree_runner.collect_transfer import ssh_options
     from worktree_runner.hosts import open_host
 
     with open_host(config, "ssh") as host:  # type: ignore[arg-type]
-        argv = host.ssh_argv()  # type: ignore[attr-defined]
-    return [*argv[1:-1], "-o", f"Ciphers=^{FAST_CIPHER}"]
+        return ssh_options(host)
 
 
 def scp_options(ssh_options: list[str]) -> list[str]:

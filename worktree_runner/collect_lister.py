@@ -1,15 +1,9 @@
 """The host side of `collect`: one process that lists every candidate file of every worker of a
-run on a host, with size, mtime and sha256, and says why anything else was left out; and the
-sender that streams files to the collecting machine, hashing each one as it is read.
+run on a host, with size, mtime and sha256, and says why anything else was left out.
 
-This file is sent to the host and run as `python3 - SPEC_JSON` (listing) or
-`python3 -c SOURCE --send` (sending; the requests come on stdin). It is stdlib only, Python
-3.6+ (a remote box may run an old interpreter), so it must never import wt-run. It is a module
-of the package only so that it can be read, linted and tested like the rest.
-
-A listing with `"hash": false` only stats: it gives the sha256 of files the cache knows and
-leaves the others empty, so the transfer can start at once; the sender then hashes each file
-in the same read that sends it (one read on the host, not two) and caches the result.
+This file is sent to the host and run as `python3 - SPEC_JSON`. It is stdlib only, Python 3.6+
+(a remote box may run an old interpreter), so it must never import wt-run. It is a module of
+the package only so that it can be read, linted and tested like the rest.
 
 Safety rules, applied here and again on the collecting side: symlinks are reported and never
 followed (worktrees hold `shared:` links to the dataset and the virtualenv), names with control
@@ -32,17 +26,11 @@ import stat
 import sys
 import time
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: no pipe resizing
-    fcntl = None
-
 CHUNK = 1 << 20
 TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".swp", ".crdownload", "~")
 # mkstemp-style hidden temp names such as `.ckpt.pt.Ab3xYz` (rsync, many atomic writers).
 TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{6}$")
 UNSAFE_CHAR = re.compile(r"[\x00-\x1f\x7f]")
-F_SETPIPE_SZ = 1031  # Linux: a 1 MiB pipe moves bulk data in 16x fewer wakeups than 64 KiB
 
 
 def is_temp_name(name):
@@ -114,12 +102,11 @@ def pattern_problem(pattern):
 
 
 class Lister:
-    def __init__(self, now, running, settle_s, cache, hash_files=True):
+    def __init__(self, now, running, settle_s, cache):
         self.now = now
         self.running = running
         self.settle_s = settle_s
         self.cache = cache
-        self.hash_files = hash_files
         self.used = {}
         self.files = []
         self.skipped = []
@@ -220,8 +207,6 @@ class Lister:
         if hit and hit[:5] == ident:
             self.used[cache_key] = hit
             return hit[5]
-        if not self.hash_files:
-            return ""  # unknown yet: the sender hashes it while sending it
         h = hashlib.sha256()
         try:
             with open(path, "rb") as fh:
@@ -261,113 +246,21 @@ def save_cache(path, old, new):
             os.unlink(tmp)
 
 
-def list_worker(spec, now, settle_s, hash_files=True):
+def list_worker(spec, now, settle_s):
     cache = load_cache(spec.get("cache") or "")
-    lister = Lister(now, bool(spec.get("running")), settle_s, cache, hash_files)
+    lister = Lister(now, bool(spec.get("running")), settle_s, cache)
     for root in spec["roots"]:
         lister.walk_root(root["key"], root["path"], root["patterns"])
     save_cache(spec.get("cache") or "", cache, lister.used)
     return {"files": lister.files, "skipped": lister.skipped}
 
 
-def write_json_line(out, obj):
-    out.write((json.dumps(obj) + "\n").encode("utf-8"))
-
-
-def hash_range(fd, h, start, end, view):
-    """Feed bytes [start, end) of fd to h; False when the file ended early."""
-    os.lseek(fd, start, os.SEEK_SET)
-    left = end - start
-    while left:
-        n = os.readv(fd, [view[:min(left, len(view))]])
-        if not n:
-            return False
-        h.update(view[:n])
-        left -= n
-    return True
-
-
-def send_range(fd, h, length, view, out):
-    """Hash and write the next `length` bytes of fd; a file that shrank meanwhile is padded
-    with zeros (the reader was promised `length` bytes) and reported as changed."""
-    left = length
-    short = False
-    while left:
-        n = os.readv(fd, [view[:min(left, len(view))]])
-        if not n:
-            short = True
-            n = min(left, len(view))
-            view[:n] = bytes(n)
-        else:
-            h.update(view[:n])
-        out.write(view[:n])
-        left -= n
-    return not short
-
-
-def send_file(req, out, view, fresh):
-    """One request: a header line (what fstat says, how many bytes follow), the bytes from
-    `offset` when `data` (all of them hashed from byte 0), then a trailer with the sha256 and
-    whether the file changed while it was read."""
-    try:
-        fd = os.open(req["path"], os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as exc:
-        write_json_line(out, {"error": "unreadable: " + (exc.strerror or str(exc))})
-        return
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            write_json_line(out, {"error": "not a regular file"})
-            return
-        offset = min(max(int(req.get("offset", 0)), 0), st.st_size) if req["data"] else 0
-        length = st.st_size - offset if req["data"] else 0
-        write_json_line(out, {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                              "offset": offset, "length": length})
-        h = hashlib.sha256()
-        whole = hash_range(fd, h, 0, offset if req["data"] else st.st_size, view)
-        whole = send_range(fd, h, length, view, out) and whole
-        after = os.fstat(fd)
-        changed = not whole or [after.st_size, after.st_mtime_ns, after.st_ctime_ns] != [
-            st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-        write_json_line(out, {"sha256": h.hexdigest(), "changed": changed})
-        out.flush()
-        if not changed and req.get("key"):
-            fresh[req["key"]] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                                 st.st_ctime_ns, h.hexdigest()]
-    finally:
-        os.close(fd)
-
-
-def send(requests, out):
-    """Serve {"cache": path, "files": [{"path", "offset", "data", "key"}]} in order. What was
-    hashed goes into the worker's checksum cache, so the next listing needs no reading."""
-    if fcntl is not None:
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(out.fileno(), F_SETPIPE_SZ, 1 << 20)
-    view = memoryview(bytearray(CHUNK))
-    fresh = {}
-    try:
-        for req in requests["files"]:
-            send_file(req, out, view, fresh)
-        out.flush()
-    finally:
-        # Also after an interrupted collect: what was hashed need not be hashed again.
-        if fresh and requests.get("cache"):
-            old = load_cache(requests["cache"])
-            save_cache(requests["cache"], old, dict(old, **fresh))
-
-
 def main(argv):
-    if argv[1:] == ["--send"]:
-        send(json.load(sys.stdin), sys.stdout.buffer)
-        return 0
     spec = json.loads(argv[1])
     now = time.time()
-    hash_files = bool(spec.get("hash", True))
     out = {"now": now, "rsync": shutil.which("rsync") is not None, "workers": {}}
     for worker in spec["workers"]:
-        out["workers"][worker["id"]] = list_worker(worker, now, float(spec.get("settle_s", 2)),
-                                                   hash_files)
+        out["workers"][worker["id"]] = list_worker(worker, now, float(spec.get("settle_s", 2)))
     sys.stdout.write(json.dumps(out))
     return 0
 

@@ -67,6 +67,7 @@ from .collect_transfer import (
     TransferResult,
     Transport,
     choose_transport,
+    rsync_here,
 )
 from .config import Config
 from .errors import HostUnreachable, WtRunError
@@ -318,8 +319,7 @@ def _collect_host(config: Config, store: RunStore, run_id: str, host_name: str,
         states = _states(config, host, config.host(host_name).type, recs, observe_host)
         running = {r.name: not WorkerState(states[r.name]).terminal for r in recs}
         transport: Transport | None = None
-        if (wanted in ("auto", "rsync") and not isinstance(host, LocalHost)
-                and callable(getattr(host, "ssh_argv", None))
+        if (wanted in ("auto", "rsync") and rsync_here(host)
                 and any(not (root / r.name / BOOKKEEPING / "index.json").exists()
                         for r in recs)):
             # A first collect will fetch: connect for rsync while the host lists and hashes.
@@ -328,8 +328,8 @@ def _collect_host(config: Config, store: RunStore, run_id: str, host_name: str,
         out: list[WorkerCollect] = []
         try:
             listing = list_host(config, host, recs, running)
-            if transport is not None and not listing.has_rsync and wanted == "auto":
-                transport.close()  # the host has no rsync: SFTP instead
+            if transport is not None and not listing.has_rsync:
+                transport.close()  # the host has no rsync: SFTP, or the error that says so
                 transport = None
             for rec in recs:
                 wl = listing.workers[rec.name]

@@ -174,6 +174,8 @@ class OpenSSHMaster:
 _PROGRESS2 = re.compile(rb"^\s*([\d,]+)\s+\d+%(?:.*xfr#(\d+))?")
 _LITERAL = re.compile(r"^Literal data: ([\d,]+)", re.MULTILINE)
 _XFERRED = re.compile(r"^Number of regular files transferred: ([\d,]+)", re.MULTILINE)
+# A file removed on the host since the listing (a rotated checkpoint): skipped, not an error.
+_GONE = re.compile(r'(?:file has vanished: "(.+)"|link_stat "(.+)" failed: No such file)')
 
 
 class RsyncTransport(Transport):
@@ -226,8 +228,11 @@ class RsyncTransport(Transport):
                              "check the host's disk and permissions, then collect again")
         literal = _LITERAL.search(out)
         count = _XFERRED.search(out)
+        gone = {a or b for a, b in _GONE.findall(err)}
         return TransferResult(int(count.group(1).replace(",", "")) if count else 0,
-                              int(literal.group(1).replace(",", "")) if literal else 0)
+                              int(literal.group(1).replace(",", "")) if literal else 0,
+                              tuple((rel, "unreadable: no such file") for rel in rels
+                                    if any(g.endswith(f"/{rel}") for g in gone)))
 
     def close(self) -> None:
         self._master.close()
@@ -267,6 +272,13 @@ def _rsync_quote(arg: str) -> str:
     return f'"{arg}"'
 
 
+def rsync_here(host: Host) -> bool:
+    """This end can rsync from `host`: rsync and ssh here, and the host can say how OpenSSH
+    reaches it (`ssh_argv()`)."""
+    return (not isinstance(host, LocalHost) and callable(getattr(host, "ssh_argv", None))
+            and shutil.which("rsync") is not None and shutil.which("ssh") is not None)
+
+
 def choose_transport(host: Host, has_remote_rsync: bool, wanted: str) -> Transport:
     """copy for this machine; rsync when both ends have it and the host can say how OpenSSH
     reaches it (`ssh_argv()`); SFTP otherwise."""
@@ -275,8 +287,7 @@ def choose_transport(host: Host, has_remote_rsync: bool, wanted: str) -> Transpo
     if wanted == "copy":
         raise WtRunError(f"host {host.name} is not this machine: cannot copy directly",
                          f"use {TRANSPORT_ENV}=auto, rsync or sftp")
-    can_rsync = (has_remote_rsync and callable(getattr(host, "ssh_argv", None))
-                 and shutil.which("rsync") is not None and shutil.which("ssh") is not None)
+    can_rsync = has_remote_rsync and rsync_here(host)
     if wanted == "rsync" and not can_rsync:
         raise WtRunError(f"host {host.name}: rsync is not available at both ends",
                          f"install rsync on both machines, or set {TRANSPORT_ENV}=sftp")

@@ -238,3 +238,31 @@ def test_ssh_lost_host_checksums_cost_no_transfer(tmp_path: Path,
     assert w.ok and w.transferred_files == 1
     dest = tmp_path / "repo" / "results" / run / "a"
     assert (dest / "out" / "checkpoints" / "last.pt").read_bytes() == ckpt.read_bytes()
+
+
+class _RemoveAfterListing(CollectObserver):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def listed(self, name: str, host: Any, listing: Any) -> None:
+        self.path.unlink()
+
+
+@pytest.mark.parametrize("transport", ["rsync", "sftp"])
+def test_ssh_file_removed_after_listing_is_skipped_not_an_error(
+        tmp_path: Path, sshd_server: SSHServer, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        transport: str) -> None:
+    cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch, ckpts=2)
+    rec = RunStore(cfg.parent / ".wt-run").load(run).workers["a"]
+    rotated = Path(rec.out) / "checkpoints" / "epoch-0.pt"
+    config = load_config(cfg)
+    w = collect(config, run=run, transport=transport,
+                observer=_RemoveAfterListing(rotated)).workers[0]
+    assert w.ok and not w.marked
+    assert "unreadable" in {s.path: s.reason for s in w.skipped}["out/checkpoints/epoch-0.pt"]
+    # The next collect no longer lists it: complete, marked.
+    wt_ssh.close_all()
+    w = collect(config, run=run, transport=transport).workers[0]
+    assert w.ok and w.marked
+    assert tree(tmp_path / "repo" / "results" / run / "a") | {"worker.json": b""} == (
+        _remote_files(cfg, run) | {"worker.json": b""})

@@ -25,6 +25,7 @@ import shutil
 import stat
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 CHUNK = 1 << 20
 TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".swp", ".crdownload", "~")
@@ -111,6 +112,7 @@ class Lister:
         self.files = []
         self.skipped = []
         self.seen = set()
+        self.pending = []  # (key, path, rel, stat) of files to list, once hashed
 
     def skip(self, key, rel, reason):
         if (key, rel) not in self.seen:
@@ -194,19 +196,18 @@ class Lister:
         if self.running and self.now - st.st_mtime < self.settle_s:
             self.skip(key, rel, f"being written (modified in the last {self.settle_s:g}s)")
             return
-        digest = self.digest(key, path, rel, st)
-        if digest is None:
-            return
         self.seen.add((key, rel))
-        self.files.append([key, rel, st.st_size, st.st_mtime_ns, digest])
+        self.pending.append((key, path, rel, st))
 
-    def digest(self, key, path, rel, st):
+    def digest(self, item):
+        """(sha256, None) of a pending file, from the cache or read now; or (None, why)."""
+        key, path, rel, st = item
         ident = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
         cache_key = key + "\0" + rel
         hit = self.cache.get(cache_key)
         if hit and hit[:5] == ident:
             self.used[cache_key] = hit
-            return hit[5]
+            return hit[5], None
         h = hashlib.sha256()
         try:
             with open(path, "rb") as fh:
@@ -214,13 +215,18 @@ class Lister:
                     h.update(chunk)
             after = os.lstat(path)
         except OSError as exc:
-            self.skip(key, rel, "unreadable: " + (exc.strerror or str(exc)))
-            return None
+            return None, "unreadable: " + (exc.strerror or str(exc))
         if [after.st_size, after.st_mtime_ns] != [st.st_size, st.st_mtime_ns]:
-            self.skip(key, rel, "changed while being read (still being written?)")
-            return None
+            return None, "changed while being read (still being written?)"
         self.used[cache_key] = [*ident, h.hexdigest()]
-        return h.hexdigest()
+        return h.hexdigest(), None
+
+    def finish(self, digests):
+        for (key, _, rel, st), (digest, problem) in zip(self.pending, digests):
+            if problem:
+                self.skipped.append([key, rel, problem])
+            else:
+                self.files.append([key, rel, st.st_size, st.st_mtime_ns, digest])
 
 
 def load_cache(path):
@@ -246,22 +252,33 @@ def save_cache(path, old, new):
             os.unlink(tmp)
 
 
-def list_worker(spec, now, settle_s):
-    cache = load_cache(spec.get("cache") or "")
-    lister = Lister(now, bool(spec.get("running")), settle_s, cache)
-    for root in spec["roots"]:
-        lister.walk_root(root["key"], root["path"], root["patterns"])
-    save_cache(spec.get("cache") or "", cache, lister.used)
-    return {"files": lister.files, "skipped": lister.skipped}
+def list_workers(specs, now, settle_s):
+    """List every worker, then hash what the caches do not know, several files at once
+    (hashlib releases the GIL: a many-core host hashes checkpoints in parallel)."""
+    listers = []
+    for spec in specs:
+        lister = Lister(now, bool(spec.get("running")), settle_s,
+                        load_cache(spec.get("cache") or ""))
+        for root in spec["roots"]:
+            lister.walk_root(root["key"], root["path"], root["patterns"])
+        listers.append(lister)
+    jobs = [(lister, item) for lister in listers for item in lister.pending]
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(lambda job: job[0].digest(job[1]), jobs))
+    out = {}
+    for spec, lister in zip(specs, listers):
+        lister.finish([d for (owner, _), d in zip(jobs, digests) if owner is lister])
+        save_cache(spec.get("cache") or "", lister.cache, lister.used)
+        out[spec["id"]] = {"files": lister.files, "skipped": lister.skipped}
+    return out
 
 
 def main(argv):
     spec = json.loads(argv[1])
     now = time.time()
-    out = {"now": now, "rsync": shutil.which("rsync") is not None, "workers": {}}
-    for worker in spec["workers"]:
-        out["workers"][worker["id"]] = list_worker(worker, now, float(spec.get("settle_s", 2)))
-    sys.stdout.write(json.dumps(out))
+    workers = list_workers(spec["workers"], now, float(spec.get("settle_s", 2)))
+    sys.stdout.write(json.dumps({"now": now, "rsync": shutil.which("rsync") is not None,
+                                 "workers": workers}))
     return 0
 
 

@@ -3,9 +3,9 @@ left there: a plain copy from this machine, rsync over the host's own OpenSSH se
 SFTP on the wt-run connection when the host lacks rsync. Nothing here verifies: `collect.py`
 checks every staged copy against the sha256 the host computed.
 
-rsync was measured against the custom stream it replaced (`scripts/bench_collect.py`, every
-contender with the same ssh options and cipher): the stream was no faster, so rsync does the
-bulk work and wt-run only lists, hashes and checks."""
+Why rsync and not a sender of wt-run's own: measured with `scripts/bench_collect.py` (every
+contender with the same ssh options and cipher), a custom stream over OpenSSH was no faster
+than rsync, so rsync does the bulk work and wt-run only lists, hashes and checks."""
 
 from __future__ import annotations
 

@@ -180,7 +180,8 @@ _GONE = re.compile(r'(?:file has vanished: "(.+)"|link_stat "(.+)" failed: No su
 
 class RsyncTransport(Transport):
     """rsync over the host's OpenSSH settings: only the listed files (never a symlink), their
-    mtimes kept, a partial file kept where it stopped so the next collect resumes from it."""
+    mtimes kept; an interrupted file waits in a partial dir (never under its own name), and
+    the next collect resumes from it."""
 
     name = "rsync"
 
@@ -192,7 +193,8 @@ class RsyncTransport(Transport):
 
     def argv(self, root: str, staging: Path) -> list[str]:
         ssh = " ".join(_rsync_quote(a) for a in self._master.argv)
-        return ["rsync", "--times", "--protect-args", "--from0", "--files-from=-", "--partial",
+        return ["rsync", "--times", "--protect-args", "--from0", "--files-from=-",
+                "--partial-dir=.rsync-partial",
                 "--no-motd", "--info=progress2", "--stats", "-e", ssh,
                 f"{self._master.destination}:{root.rstrip('/')}/", f"{staging}/"]
 
@@ -215,7 +217,7 @@ class RsyncTransport(Transport):
                 code = proc.wait()
             except BaseException:
                 # TERM, not KILL, to the receiver as well: it keeps what it has of the
-                # current file (--partial) for the next collect to resume from.
+                # current file in the partial dir for the next collect to resume from.
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait()

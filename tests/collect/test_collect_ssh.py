@@ -198,7 +198,8 @@ def test_ssh_interrupted_collect_resumes_from_the_partial_file(
         collect(config, run=run, observer=_InterruptAfter(2 << 20))
     monkeypatch.setattr(collect_transfer.RsyncTransport, "argv", argv)
     dest = tmp_path / "repo" / "results" / run / "a"
-    partial = dest / ".collect" / "incoming" / "worker" / "out" / "checkpoints" / "last.pt"
+    partial = (dest / ".collect" / "incoming" / "worker" / "out" / "checkpoints"
+               / ".rsync-partial" / "last.pt")
     assert 0 < partial.stat().st_size < len(remote["out/checkpoints/last.pt"])
     assert not (dest / "out" / "checkpoints" / "last.pt").exists()
 

@@ -25,7 +25,6 @@ import shutil
 import stat
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 CHUNK = 1 << 20
 TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".swp", ".crdownload", "~")
@@ -199,15 +198,25 @@ class Lister:
         self.seen.add((key, rel))
         self.pending.append((key, path, rel, st))
 
-    def digest(self, item):
-        """(sha256, None) of a pending file, from the cache or read now; or (None, why)."""
-        key, path, rel, st = item
-        ident = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-        cache_key = key + "\0" + rel
+    @staticmethod
+    def ident(item):
+        key, _, rel, st = item
+        return key + "\0" + rel, [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                  st.st_ctime_ns]
+
+    def cached(self, item):
+        """(sha256, None) of a pending file the cache knows unchanged, else None."""
+        cache_key, ident = self.ident(item)
         hit = self.cache.get(cache_key)
         if hit and hit[:5] == ident:
             self.used[cache_key] = hit
             return hit[5], None
+        return None
+
+    def digest(self, item):
+        """(sha256, None) of a pending file, read now; or (None, why)."""
+        _, path, _, st = item
+        cache_key, ident = self.ident(item)
         h = hashlib.sha256()
         try:
             with open(path, "rb") as fh:
@@ -263,8 +272,16 @@ def list_workers(specs, now, settle_s):
             lister.walk_root(root["key"], root["path"], root["patterns"])
         listers.append(lister)
     jobs = [(lister, item) for lister in listers for item in lister.pending]
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        digests = list(pool.map(lambda job: job[0].digest(job[1]), jobs))
+    digests = [lister.cached(item) for lister, item in jobs]
+    misses = [i for i, d in enumerate(digests) if d is None]
+    if misses:
+        # Imported only here: an unchanged collect hashes nothing and starts faster.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            for i, d in zip(misses, pool.map(lambda i: jobs[i][0].digest(jobs[i][1]),
+                                             misses)):
+                digests[i] = d
     out = {}
     for spec, lister in zip(specs, listers):
         lister.finish([d for (owner, _), d in zip(jobs, digests) if owner is lister])

@@ -283,10 +283,15 @@ def stop(state: AppState, names: tuple[str, ...], all_: bool, run: str | None) -
               help="Destination root (default: results/ in the repository).")
 @pass_state
 def collect(state: AppState, run: str | None, dest: str | None) -> None:
-    """Copy each worker's outputs, log and metadata into results/<run>/<name>/."""
-    from .collect import collect_command
+    """Copy each worker's outputs, log and metadata into results/<run>/<name>/, verified."""
+    from .collect import collect as collect_run
+    from .display_collect import RichCollectProgress, print_collect
 
-    sys.exit(collect_command(state.config, run=run, dest=Path(dest) if dest else None))
+    with RichCollectProgress() as progress:
+        report = collect_run(state.config, run=run, dest=Path(dest) if dest else None,
+                             observer=progress)
+    print_collect(report)
+    sys.exit(0 if report.ok else 1)
 
 
 @cli.command()

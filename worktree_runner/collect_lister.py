@@ -1,15 +1,9 @@
 """The host side of `collect`: one process that lists every candidate file of every worker of a
-run on a host, with size, mtime and sha256, and says why anything else was left out; and the
-sender that streams files to the collecting machine, hashing each one as it is read.
+run on a host, with size, mtime and sha256, and says why anything else was left out.
 
-This file is sent to the host and run as `python3 - SPEC_JSON` (listing) or
-`python3 -c SOURCE --send` (sending; the requests come on stdin). It is stdlib only, Python
-3.6+ (a remote box may run an old interpreter), so it must never import wt-run. It is a module
-of the package only so that it can be read, linted and tested like the rest.
-
-A listing with `"hash": false` only stats: it gives the sha256 of files the cache knows and
-leaves the others empty, so the transfer can start at once; the sender then hashes each file
-in the same read that sends it (one read on the host, not two) and caches the result.
+This file is sent to the host and run as `python3 - SPEC_JSON`. It is stdlib only, Python 3.6+
+(a remote box may run an old interpreter), so it must never import wt-run. It is a module of
+the package only so that it can be read, linted and tested like the rest.
 
 Safety rules, applied here and again on the collecting side: symlinks are reported and never
 followed (worktrees hold `shared:` links to the dataset and the virtualenv), names with control
@@ -32,17 +26,11 @@ import stat
 import sys
 import time
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: no pipe resizing
-    fcntl = None
-
 CHUNK = 1 << 20
 TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".swp", ".crdownload", "~")
 # mkstemp-style hidden temp names such as `.ckpt.pt.Ab3xYz` (rsync, many atomic writers).
 TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{6}$")
 UNSAFE_CHAR = re.compile(r"[\x00-\x1f\x7f]")
-F_SETPIPE_SZ = 1031  # Linux: a 1 MiB pipe moves bulk data in 16x fewer wakeups than 64 KiB
 
 
 def is_temp_name(name):
@@ -114,16 +102,16 @@ def pattern_problem(pattern):
 
 
 class Lister:
-    def __init__(self, now, running, settle_s, cache, hash_files=True):
+    def __init__(self, now, running, settle_s, cache):
         self.now = now
         self.running = running
         self.settle_s = settle_s
         self.cache = cache
-        self.hash_files = hash_files
         self.used = {}
         self.files = []
         self.skipped = []
         self.seen = set()
+        self.pending = []  # (key, path, rel, stat) of files to list, once hashed
 
     def skip(self, key, rel, reason):
         if (key, rel) not in self.seen:
@@ -207,21 +195,28 @@ class Lister:
         if self.running and self.now - st.st_mtime < self.settle_s:
             self.skip(key, rel, f"being written (modified in the last {self.settle_s:g}s)")
             return
-        digest = self.digest(key, path, rel, st)
-        if digest is None:
-            return
         self.seen.add((key, rel))
-        self.files.append([key, rel, st.st_size, st.st_mtime_ns, digest])
+        self.pending.append((key, path, rel, st))
 
-    def digest(self, key, path, rel, st):
-        ident = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-        cache_key = key + "\0" + rel
+    @staticmethod
+    def ident(item):
+        key, _, rel, st = item
+        return key + "\0" + rel, [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                  st.st_ctime_ns]
+
+    def cached(self, item):
+        """(sha256, None) of a pending file the cache knows unchanged, else None."""
+        cache_key, ident = self.ident(item)
         hit = self.cache.get(cache_key)
         if hit and hit[:5] == ident:
             self.used[cache_key] = hit
-            return hit[5]
-        if not self.hash_files:
-            return ""  # unknown yet: the sender hashes it while sending it
+            return hit[5], None
+        return None
+
+    def digest(self, item):
+        """(sha256, None) of a pending file, read now; or (None, why)."""
+        _, path, _, st = item
+        cache_key, ident = self.ident(item)
         h = hashlib.sha256()
         try:
             with open(path, "rb") as fh:
@@ -229,13 +224,18 @@ class Lister:
                     h.update(chunk)
             after = os.lstat(path)
         except OSError as exc:
-            self.skip(key, rel, "unreadable: " + (exc.strerror or str(exc)))
-            return None
+            return None, "unreadable: " + (exc.strerror or str(exc))
         if [after.st_size, after.st_mtime_ns] != [st.st_size, st.st_mtime_ns]:
-            self.skip(key, rel, "changed while being read (still being written?)")
-            return None
+            return None, "changed while being read (still being written?)"
         self.used[cache_key] = [*ident, h.hexdigest()]
-        return h.hexdigest()
+        return h.hexdigest(), None
+
+    def finish(self, digests):
+        for (key, _, rel, st), (digest, problem) in zip(self.pending, digests):
+            if problem:
+                self.skipped.append([key, rel, problem])
+            else:
+                self.files.append([key, rel, st.st_size, st.st_mtime_ns, digest])
 
 
 def load_cache(path):
@@ -261,114 +261,41 @@ def save_cache(path, old, new):
             os.unlink(tmp)
 
 
-def list_worker(spec, now, settle_s, hash_files=True):
-    cache = load_cache(spec.get("cache") or "")
-    lister = Lister(now, bool(spec.get("running")), settle_s, cache, hash_files)
-    for root in spec["roots"]:
-        lister.walk_root(root["key"], root["path"], root["patterns"])
-    save_cache(spec.get("cache") or "", cache, lister.used)
-    return {"files": lister.files, "skipped": lister.skipped}
+def list_workers(specs, now, settle_s):
+    """List every worker, then hash what the caches do not know, several files at once
+    (hashlib releases the GIL: a many-core host hashes checkpoints in parallel)."""
+    listers = []
+    for spec in specs:
+        lister = Lister(now, bool(spec.get("running")), settle_s,
+                        load_cache(spec.get("cache") or ""))
+        for root in spec["roots"]:
+            lister.walk_root(root["key"], root["path"], root["patterns"])
+        listers.append(lister)
+    jobs = [(lister, item) for lister in listers for item in lister.pending]
+    digests = [lister.cached(item) for lister, item in jobs]
+    misses = [i for i, d in enumerate(digests) if d is None]
+    if misses:
+        # Imported only here: an unchanged collect hashes nothing and starts faster.
+        from concurrent.futures import ThreadPoolExecutor
 
-
-def write_json_line(out, obj):
-    out.write((json.dumps(obj) + "\n").encode("utf-8"))
-
-
-def hash_range(fd, h, start, end, view):
-    """Feed bytes [start, end) of fd to h; False when the file ended early."""
-    os.lseek(fd, start, os.SEEK_SET)
-    left = end - start
-    while left:
-        n = os.readv(fd, [view[:min(left, len(view))]])
-        if not n:
-            return False
-        h.update(view[:n])
-        left -= n
-    return True
-
-
-def send_range(fd, h, length, view, out):
-    """Hash and write the next `length` bytes of fd; a file that shrank meanwhile is padded
-    with zeros (the reader was promised `length` bytes) and reported as changed."""
-    left = length
-    short = False
-    while left:
-        n = os.readv(fd, [view[:min(left, len(view))]])
-        if not n:
-            short = True
-            n = min(left, len(view))
-            view[:n] = bytes(n)
-        else:
-            h.update(view[:n])
-        out.write(view[:n])
-        left -= n
-    return not short
-
-
-def send_file(req, out, view, fresh):
-    """One request: a header line (what fstat says, how many bytes follow), the bytes from
-    `offset` when `data` (all of them hashed from byte 0), then a trailer with the sha256 and
-    whether the file changed while it was read."""
-    try:
-        fd = os.open(req["path"], os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as exc:
-        write_json_line(out, {"error": "unreadable: " + (exc.strerror or str(exc))})
-        return
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            write_json_line(out, {"error": "not a regular file"})
-            return
-        offset = min(max(int(req.get("offset", 0)), 0), st.st_size) if req["data"] else 0
-        length = st.st_size - offset if req["data"] else 0
-        write_json_line(out, {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                              "offset": offset, "length": length})
-        h = hashlib.sha256()
-        whole = hash_range(fd, h, 0, offset if req["data"] else st.st_size, view)
-        whole = send_range(fd, h, length, view, out) and whole
-        after = os.fstat(fd)
-        changed = not whole or [after.st_size, after.st_mtime_ns, after.st_ctime_ns] != [
-            st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-        write_json_line(out, {"sha256": h.hexdigest(), "changed": changed})
-        out.flush()
-        if not changed and req.get("key"):
-            fresh[req["key"]] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                                 st.st_ctime_ns, h.hexdigest()]
-    finally:
-        os.close(fd)
-
-
-def send(requests, out):
-    """Serve {"cache": path, "files": [{"path", "offset", "data", "key"}]} in order. What was
-    hashed goes into the worker's checksum cache, so the next listing needs no reading."""
-    if fcntl is not None:
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(out.fileno(), F_SETPIPE_SZ, 1 << 20)
-    view = memoryview(bytearray(CHUNK))
-    fresh = {}
-    try:
-        for req in requests["files"]:
-            send_file(req, out, view, fresh)
-        out.flush()
-    finally:
-        # Also after an interrupted collect: what was hashed need not be hashed again.
-        if fresh and requests.get("cache"):
-            old = load_cache(requests["cache"])
-            save_cache(requests["cache"], old, dict(old, **fresh))
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            for i, d in zip(misses, pool.map(lambda i: jobs[i][0].digest(jobs[i][1]),
+                                             misses)):
+                digests[i] = d
+    out = {}
+    for spec, lister in zip(specs, listers):
+        lister.finish([d for (owner, _), d in zip(jobs, digests) if owner is lister])
+        save_cache(spec.get("cache") or "", lister.cache, lister.used)
+        out[spec["id"]] = {"files": lister.files, "skipped": lister.skipped}
+    return out
 
 
 def main(argv):
-    if argv[1:] == ["--send"]:
-        send(json.load(sys.stdin), sys.stdout.buffer)
-        return 0
     spec = json.loads(argv[1])
     now = time.time()
-    hash_files = bool(spec.get("hash", True))
-    out = {"now": now, "rsync": shutil.which("rsync") is not None, "workers": {}}
-    for worker in spec["workers"]:
-        out["workers"][worker["id"]] = list_worker(worker, now, float(spec.get("settle_s", 2)),
-                                                   hash_files)
-    sys.stdout.write(json.dumps(out))
+    workers = list_workers(spec["workers"], now, float(spec.get("settle_s", 2)))
+    sys.stdout.write(json.dumps({"now": now, "rsync": shutil.which("rsync") is not None,
+                                 "workers": workers}))
     return 0
 
 

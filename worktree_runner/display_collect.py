@@ -19,7 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .collect import CollectObserver, CollectReport, Skipped, WorkerCollect
+from .collect_model import CollectObserver, CollectReport, Skipped, WorkerCollect
 from .display import _bytes
 
 

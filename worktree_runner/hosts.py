@@ -9,7 +9,7 @@ import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from .errors import CommandFailed, HostUnreachable
 
@@ -38,6 +38,7 @@ class Host(ABC):
 
     name: str
     root: str
+    local = False  # this machine: files are reached directly, without a transfer
 
     @abstractmethod
     def run_script(self, script: str, *, timeout: float | None = None) -> CommandResult:
@@ -59,8 +60,13 @@ class Host(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
-    def worker_dir(self, run: str, name: str) -> str:
-        return f"{self.root}/runs/{run}/workers/{name}"
+    def ssh_argv(self) -> list[str] | None:
+        """The OpenSSH client command that reaches this host (for rsync), if any."""
+        return None
+
+    def sftp(self) -> Any:
+        """An SFTP session to this host, if it has one."""
+        return None
 
     def __enter__(self) -> Host:
         return self
@@ -71,6 +77,8 @@ class Host(ABC):
 
 class LocalHost(Host):
     """This machine. Its root is the repository's `.wt-run` directory."""
+
+    local = True
 
     def __init__(self, name: str, root: Path) -> None:
         self.name = name

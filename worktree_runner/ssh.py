@@ -455,13 +455,16 @@ class SSHHost(Host):
         argv += ["-p", str(conn.port), "-l", conn.user]
         if self.hc.key:
             argv += ["-i", os.path.expanduser(self.hc.key), "-o", "IdentitiesOnly=yes"]
+        # The same host-key policy as the Paramiko connection (`_harden`): strict checks the
+        # same known_hosts files and refuses an unknown key; relaxed reads none and accepts
+        # any key. Neither ever writes known_hosts.
         if self.hc.strict_host_key:
             known = [f for f in _known_hosts_files(conn.ssh_config) if os.path.isfile(f)]
-            if known:
-                argv += ["-o", "UserKnownHostsFile=" + " ".join(known)]
-            argv += ["-o", "StrictHostKeyChecking=yes"]
+            argv += ["-o", "UserKnownHostsFile=" + (" ".join(known) or "/dev/null"),
+                     "-o", "StrictHostKeyChecking=yes"]
         else:
-            argv += ["-o", "StrictHostKeyChecking=no"]
+            argv += ["-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no"]
+        argv += ["-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no"]
         timeout = max(1, round(float(self.hc.connect_timeout or 10)))
         argv += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout}"]
         # The alias as written (not the resolved HostName), so OpenSSH applies the same

@@ -1,11 +1,11 @@
 """`collect` from an SSH host (a real sshd on 127.0.0.1; the worker was launched there with
-`wt-run launch --host gpu --wait`), over the stream (the default), rsync and SFTP: verified
-copies, an unchanged collect that moves no data and opens one connection, corruption caught,
-interrupted transfers that resume, and a lost host checksum cache that costs no transfer."""
+`wt-run launch --host gpu --wait`), over rsync (the default) and SFTP: verified copies, an
+unchanged collect that moves no data and opens one connection, corruption caught, interrupted
+transfers that resume, and a lost host checksum cache that costs no transfer."""
 
 from __future__ import annotations
 
-import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from tests.collect.helpers import latest_run, make_training_repo, tree, wt
 from tests.collect.test_collect import _Tamper
 from tests.servers.fixtures import sshd_server  # noqa: F401
 from tests.servers.sshd import SSHServer
-from worktree_runner import collect as collect_module
+from worktree_runner import collect_transfer
 from worktree_runner import ssh as wt_ssh
 from worktree_runner.collect import CollectObserver, collect
 from worktree_runner.config import load_config
@@ -47,7 +47,7 @@ def _remote_files(cfg: Path, run: str) -> dict[str, bytes]:
     return files
 
 
-@pytest.mark.parametrize("transport", ["stream", "rsync", "sftp"])
+@pytest.mark.parametrize("transport", ["rsync", "sftp"])
 def test_ssh_collect_verified_then_unchanged_collect_moves_nothing(
         tmp_path: Path, sshd_server: SSHServer, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
         transport: str) -> None:
@@ -61,7 +61,7 @@ def test_ssh_collect_verified_then_unchanged_collect_moves_nothing(
     remote = _remote_files(cfg, run)
     assert tree(dest) | {"worker.json": b""} == remote | {"worker.json": b""}
     assert w.transferred_files == len(remote)
-    # stream, rsync: the listing connection plus one shared OpenSSH connection; SFTP: one.
+    # rsync: the listing connection plus one shared OpenSSH connection; SFTP: one.
     expected = before + (1 if transport == "sftp" else 2)
     assert sshd_server.wait_connection_count(expected) == expected
 
@@ -121,44 +121,49 @@ def test_ssh_interrupted_rsync_resumes(tmp_path: Path, sshd_server: SSHServer,  
 
 
 class _FlipInTransit:
-    """Wraps the stream transport's receiver so that one byte in the middle of `name`
-    arrives flipped: what corruption in transit looks like. The damaged bytes are on disk
-    before anything reads them back, so the check it exercises is deterministic."""
+    """Wraps rsync's fetch so that one byte in the middle of `name` arrives flipped (size and
+    mtime as on the host): what corruption in transit looks like. The damaged bytes are on
+    disk before verification reads them, so the check it exercises is deterministic."""
 
-    def __init__(self, receive: Any, name: str) -> None:
-        self.receive = receive
+    def __init__(self, fetch: Any, name: str) -> None:
+        self.fetch = fetch
         self.name = name
         self.times = 0
 
-    def __call__(self, stream: Any, target: Path, offset: int, length: int, *rest: Any) -> None:
-        if target.name != self.name or length < 2:
-            return self.receive(stream, target, offset, length, *rest)
-        self.times += 1
-        half = length // 2
-        self.receive(stream, target, offset, half, *rest)
-        byte = bytearray(stream.read(1))
-        byte[0] ^= 0xFF
-        self.receive(io.BytesIO(bytes(byte)), target, offset + half, 1, *rest)
-        return self.receive(stream, target, offset + half + 1, length - half - 1, *rest)
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        def fetch(transport: Any, root: str, rels: Any, staging: Path, *rest: Any) -> Any:
+            result = self.fetch(transport, root, rels, staging, *rest)
+            for rel in rels:
+                copy = staging / rel
+                if copy.name == self.name and copy.stat().st_size >= 2:
+                    self.times += 1
+                    st = copy.stat()
+                    data = bytearray(copy.read_bytes())
+                    data[len(data) // 2] ^= 0xFF
+                    copy.write_bytes(bytes(data))
+                    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
+            return result
+
+        monkeypatch.setattr(collect_transfer.RsyncTransport, "fetch", fetch)
 
 
-def test_ssh_stream_corrupted_copy_is_caught_and_never_placed(
+def test_ssh_corrupted_copy_is_caught_and_never_placed(
         tmp_path: Path, sshd_server: SSHServer,  # noqa: F811
         monkeypatch: pytest.MonkeyPatch) -> None:
     cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch, ckpt_kib=2048)
     rec = RunStore(cfg.parent / ".wt-run").load(run).workers["a"]
     dest = tmp_path / "repo" / "results" / run / "a"
-    flip = _FlipInTransit(collect_module._receive, "last.pt")
-    monkeypatch.setattr(collect_module, "_receive", flip)
-    report = collect(load_config(cfg), run=run, transport="stream")
+    flip = _FlipInTransit(collect_transfer.RsyncTransport.fetch, "last.pt")
+    flip.install(monkeypatch)
+    report = collect(load_config(cfg), run=run, transport="rsync")
     w = report.workers[0]
     assert flip.times == 2  # the first attempt and its retry
-    assert not w.ok and not w.marked and w.transport == "stream"
+    assert not w.ok and not w.marked and w.transport == "rsync"
     assert any("checksum mismatch" in e and "last.pt" in e for e in w.errors)
     assert not (dest / "out" / "checkpoints" / "last.pt").exists()
     assert (dest / "log").exists()  # the other files were fine
 
-    monkeypatch.setattr(collect_module, "_receive", flip.receive)
+    monkeypatch.setattr(collect_transfer.RsyncTransport, "fetch", flip.fetch)
     wt_ssh.close_all()
     report = collect(load_config(cfg), run=run)
     assert report.ok and report.workers[0].marked
@@ -177,22 +182,31 @@ class _InterruptAfter(CollectObserver):
             raise KeyboardInterrupt
 
 
-def test_ssh_interrupted_stream_resumes(tmp_path: Path, sshd_server: SSHServer,  # noqa: F811
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ssh_interrupted_collect_resumes_from_the_partial_file(
+        tmp_path: Path, sshd_server: SSHServer,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
     cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch, ckpt_kib=6 * 1024)
     config = load_config(cfg)
     remote = _remote_files(cfg, run)
+    # Slowed to 2 MiB/s, so that the interrupt lands inside the checkpoint (rsync reports
+    # progress about once a second; over loopback it would send the file whole before).
+    argv = collect_transfer.RsyncTransport.argv
+    monkeypatch.setattr(collect_transfer.RsyncTransport, "argv",
+                        lambda self, *a: [*argv(self, *a)[:1], "--bwlimit=2048",
+                                          *argv(self, *a)[1:]])
     with pytest.raises(KeyboardInterrupt):
-        collect(config, run=run, transport="stream", observer=_InterruptAfter(2 << 20))
+        collect(config, run=run, observer=_InterruptAfter(2 << 20))
+    monkeypatch.setattr(collect_transfer.RsyncTransport, "argv", argv)
     dest = tmp_path / "repo" / "results" / run / "a"
-    partial = dest / ".collect" / "incoming" / "worker" / "out" / "checkpoints" / "last.pt"
+    partial = (dest / ".collect" / "incoming" / "worker" / "out" / "checkpoints"
+               / ".rsync-partial" / "last.pt")
     assert 0 < partial.stat().st_size < len(remote["out/checkpoints/last.pt"])
     assert not (dest / "out" / "checkpoints" / "last.pt").exists()
 
     wt_ssh.close_all()
     report = collect(config, run=run)
     w = report.workers[0]
-    assert w.ok and w.marked and w.transport == "stream"
+    assert w.ok and w.marked and w.transport == "rsync"
     assert tree(dest) | {"worker.json": b""} == remote | {"worker.json": b""}
     # Resumed: the staged part of the checkpoint was not sent again.
     assert w.transferred_bytes <= sum(len(v) for v in remote.values()) - (1 << 20)
@@ -225,3 +239,31 @@ def test_ssh_lost_host_checksums_cost_no_transfer(tmp_path: Path,
     assert w.ok and w.transferred_files == 1
     dest = tmp_path / "repo" / "results" / run / "a"
     assert (dest / "out" / "checkpoints" / "last.pt").read_bytes() == ckpt.read_bytes()
+
+
+class _RemoveAfterListing(CollectObserver):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def listed(self, name: str, host: Any, listing: Any) -> None:
+        self.path.unlink()
+
+
+@pytest.mark.parametrize("transport", ["rsync", "sftp"])
+def test_ssh_file_removed_after_listing_is_skipped_not_an_error(
+        tmp_path: Path, sshd_server: SSHServer, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        transport: str) -> None:
+    cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch, ckpts=2)
+    rec = RunStore(cfg.parent / ".wt-run").load(run).workers["a"]
+    rotated = Path(rec.out) / "checkpoints" / "epoch-0.pt"
+    config = load_config(cfg)
+    w = collect(config, run=run, transport=transport,
+                observer=_RemoveAfterListing(rotated)).workers[0]
+    assert w.ok and not w.marked
+    assert "unreadable" in {s.path: s.reason for s in w.skipped}["out/checkpoints/epoch-0.pt"]
+    # The next collect no longer lists it: complete, marked.
+    wt_ssh.close_all()
+    w = collect(config, run=run, transport=transport).workers[0]
+    assert w.ok and w.marked
+    assert tree(tmp_path / "repo" / "results" / run / "a") | {"worker.json": b""} == (
+        _remote_files(cfg, run) | {"worker.json": b""})

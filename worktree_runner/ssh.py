@@ -1,52 +1,57 @@
 """SSH hosts: `SSHHost` runs wt-run's shell scripts on a remote machine over one Fabric
 (Paramiko) connection, moves files over SFTP, and keeps one connection per host per process.
 
-What it owns, and why it is done this way:
-- Connecting: the address may be `user@host[:port]` or an alias from the ssh config (HostName,
-  User, Port, IdentityFile, ProxyJump are resolved by Fabric). `WT_RUN_SSH_CONFIG` names an
-  explicit ssh config file instead of `~/.ssh/config` (tests, CI).
-- Host keys are verified against known_hosts (`UserKnownHostsFile` from the ssh config, else
-  `~/.ssh/known_hosts`), also for ProxyJump hops; an unknown or changed key is refused with its
-  fingerprint and the command that trusts it. `strict_host_key: false` relaxes this (warning).
-- Timeouts: connect, banner and auth use `connect_timeout`; every command has a deadline
-  (`command_timeout` unless the caller gives one).
-- Retries: only the connection is retried (capped exponential backoff with jitter), never a
-  script once it may have started, so a retry cannot start a worker twice. Authentication and
-  host-key failures are not retried.
-- Quoting and secrets: the remote command line is a constant; the script (and any secret in
-  it) travels on stdin. Fabric's `env=` is never used (it does not quote).
+- The address may be `user@host[:port]` or an ssh config alias (`WT_RUN_SSH_CONFIG` names the
+  file). Host keys are checked against known_hosts, ProxyJump hops included (ssh_support.py).
+- Connect, banner and auth use `connect_timeout`; every command has a deadline. Only the
+  connection is retried (capped backoff, jitter), never a script that may have started.
+- The remote command line is a constant; the script (and any secret) travels on stdin.
+  Fabric's `env=` is never used (it does not quote).
 """
 
 from __future__ import annotations
 
 import atexit
-import base64
 import codecs
-import hashlib
 import logging
 import os
 import random
 import select
-import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import ConfigError, HostUnreachable
 from .hosts import CommandResult, Host
+from .ssh_support import (
+    SSH_CONFIG_ENV,
+    CommandInterrupted,
+    Endpoint,
+    HostKeyRejected,
+    SSHAuthFailed,
+    UnknownHostKey,
+    describe,
+    fingerprint,
+    known_hosts_files,
+    quiet,
+    quiet_close,
+    reject_unknown_policy,
+    retryable,
+    sftp_makedirs,
+    split_known_name,
+    ssh_config_path,
+)
 
 if TYPE_CHECKING:
     from fabric import Connection
-    from paramiko import Channel, PKey, SFTPClient
+    from paramiko import Channel, SFTPClient
 
     from .config import HostConfig
 
 log = logging.getLogger("wt_run.ssh")
 
-SSH_CONFIG_ENV = "WT_RUN_SSH_CONFIG"
 # The script is read whole before it runs, so nothing it starts can swallow the rest of it
 # from stdin, and it runs only if its end marker arrived: a connection cut mid-upload must
 # not run a truncated script (a cut `rm -rf -- /a/b/c` could read `rm -rf -- /a`). The
@@ -62,65 +67,6 @@ BACKOFF_CAP_S = 4.0
 KEEPALIVE_S = 15
 
 
-class CommandInterrupted(HostUnreachable):
-    """The connection failed after a script was sent: it may have run, partly or wholly.
-    Callers must not simply send it again (a launch would start workers twice)."""
-
-    maybe_ran = True
-
-
-class SSHAuthFailed(HostUnreachable):
-    """The server refused our credentials. Not retried: retrying cannot fix a wrong key."""
-
-
-class HostKeyRejected(HostUnreachable):
-    """The server's host key is unknown or differs from known_hosts."""
-
-
-class _UnknownHostKey(Exception):
-    def __init__(self, hostname: str, key: PKey) -> None:
-        super().__init__(hostname)
-        self.hostname = hostname
-        self.key = key
-
-
-def fingerprint(key: PKey) -> str:
-    """OpenSSH-style `SHA256:...` fingerprint of a public key."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-
-
-@dataclass(frozen=True)
-class _Endpoint:
-    """Where a connection goes once the ssh config is applied (for messages and fixes)."""
-
-    host: str
-    port: int
-    user: str
-    keys: tuple[str, ...]
-    known_hosts: tuple[str, ...]
-
-    @property
-    def label(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}"
-
-    @property
-    def known_hosts_name(self) -> str:
-        return f"[{self.host}]:{self.port}" if self.port != 22 else self.host
-
-
-def ssh_config_path() -> str | None:
-    """The explicit ssh config file from WT_RUN_SSH_CONFIG, if set."""
-    path = os.environ.get(SSH_CONFIG_ENV)
-    if not path:
-        return None
-    expanded = os.path.expanduser(path)
-    if not os.path.isfile(expanded):
-        raise ConfigError(f"{SSH_CONFIG_ENV}={path}: no such file",
-                          f"point {SSH_CONFIG_ENV} at an ssh config file, or unset it")
-    return expanded
-
-
 class SSHHost(Host):
     """A remote machine reached over SSH. `root` is resolved on the host (`~` expanded) the
     first time it is needed, then kept. `name` is the config entry the host stands for (a
@@ -133,7 +79,7 @@ class SSHHost(Host):
         self._pooled = pooled
         self._ssh_config = ssh_config_path()
         self._conn: Connection | None = None
-        self._endpoint: _Endpoint | None = None
+        self._endpoint: Endpoint | None = None
         self._sftp: SFTPClient | None = None
         self._root: str | None = None
         self._lock = threading.RLock()
@@ -201,22 +147,22 @@ class SSHHost(Host):
             # With an explicit key, try only that key: a clear error beats the agent's guesses.
             ckw.setdefault("allow_agent", False)
             ckw.setdefault("look_for_keys", False)
-        known = _known_hosts_files(conn.ssh_config)
+        known = known_hosts_files(conn.ssh_config)
         client = conn.client
         if self.hc.strict_host_key:
             for path in known:
                 if os.path.isfile(path):
                     client.get_host_keys().load(path)
-            client.set_missing_host_key_policy(_reject_unknown_policy())
+            client.set_missing_host_key_policy(reject_unknown_policy())
         else:
             client.set_missing_host_key_policy(AutoAddPolicy())
         if isinstance(conn.gateway, Connection):
             self._harden(conn.gateway)
 
-    def _endpoint_of(self, conn: Connection) -> _Endpoint:
+    def _endpoint_of(self, conn: Connection) -> Endpoint:
         keys = tuple(conn.connect_kwargs.get("key_filename") or ())
-        return _Endpoint(conn.host, int(conn.port), conn.user, keys,
-                         tuple(_known_hosts_files(conn.ssh_config)))
+        return Endpoint(conn.host, int(conn.port), conn.user, keys,
+                         tuple(known_hosts_files(conn.ssh_config)))
 
     def _connect(self) -> Connection:
         """The live connection, (re)connecting with retries when there is none."""
@@ -238,10 +184,10 @@ class SSHHost(Host):
             try:
                 conn.open()
             except Exception as exc:  # classified below
-                _quiet_close(conn)
+                quiet_close(conn)
                 failure = self._classify(exc, ep)
                 attempt += 1
-                if (not _retryable(failure) or attempt >= CONNECT_ATTEMPTS
+                if (not retryable(failure) or attempt >= CONNECT_ATTEMPTS
                         or time.monotonic() - start >= max(self.hc.connect_timeout, 1.0)):
                     raise failure from None
                 delay = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** attempt))
@@ -256,14 +202,14 @@ class SSHHost(Host):
             conn.transport.set_keepalive(KEEPALIVE_S)
             return conn
 
-    def _classify(self, exc: BaseException, ep: _Endpoint) -> HostUnreachable:
+    def _classify(self, exc: BaseException, ep: Endpoint) -> HostUnreachable:
         from paramiko import AuthenticationException, BadHostKeyException
 
         if isinstance(exc, HostUnreachable):
             return exc
-        if isinstance(exc, _UnknownHostKey):
+        if isinstance(exc, UnknownHostKey):
             target = ep.known_hosts[0] if ep.known_hosts else "~/.ssh/known_hosts"
-            host, port = _split_known_name(exc.hostname, ep)
+            host, port = split_known_name(exc.hostname, ep)
             return HostKeyRejected(
                 self.name,
                 f"host key of {exc.hostname} is not in known_hosts "
@@ -273,7 +219,7 @@ class SSHHost(Host):
                 f"(or set strict_host_key: false for hosts.{self.hc.name})")
         if isinstance(exc, BadHostKeyException):
             target = ep.known_hosts[0] if ep.known_hosts else "~/.ssh/known_hosts"
-            host, port = _split_known_name(exc.hostname, ep)
+            host, port = split_known_name(exc.hostname, ep)
             return HostKeyRejected(
                 self.name,
                 f"host key of {exc.hostname} CHANGED: known_hosts has "
@@ -289,16 +235,16 @@ class SSHHost(Host):
                 f"check key: under hosts.{self.hc.name} (or IdentityFile in the ssh config) "
                 "and "
                 f"that its public key is in ~{ep.user}/.ssh/authorized_keys on the host")
-        return HostUnreachable(self.name, f"cannot connect to {ep.label}: {_describe(exc)}",
+        return HostUnreachable(self.name, f"cannot connect to {ep.label}: {describe(exc)}",
                                "check that the host is up and sshd runs, then retry")
 
     def _drop(self) -> None:
         conn, sftp = self._conn, self._sftp
         self._conn = self._sftp = None
         if sftp is not None:
-            _quiet(sftp.close)
+            quiet(sftp.close)
         if conn is not None:
-            _quiet_close(conn)
+            quiet_close(conn)
 
     def _open_channel(self) -> Channel:
         """A session channel. A cached transport that died since its last use fails here,
@@ -313,7 +259,7 @@ class SSHHost(Host):
                     if self._conn is conn:
                         self._drop()
                 if attempt == 2:
-                    raise HostUnreachable(self.name, f"cannot open a session: {_describe(exc)}",
+                    raise HostUnreachable(self.name, f"cannot open a session: {describe(exc)}",
                                           "check that the host is up, then retry") from None
         raise AssertionError("unreachable")
 
@@ -348,9 +294,9 @@ class SSHHost(Host):
             chan.sendall(f"{script}\n{SCRIPT_END}\n".encode())
             chan.shutdown_write()
         except Exception as exc:
-            _quiet(chan.close)
+            quiet(chan.close)
             # Before the end marker the host runs nothing, so this failure is safe to retry.
-            raise HostUnreachable(self.name, f"connection lost: {_describe(exc)}",
+            raise HostUnreachable(self.name, f"connection lost: {describe(exc)}",
                                   "check the host, then retry") from None
         try:
             while True:
@@ -389,17 +335,17 @@ class SSHHost(Host):
             raise CommandInterrupted(self.name, f"command did not finish within {timeout:g} s",
                                      f"raise command_timeout for hosts.{self.hc.name}") from None
         except (OSError, EOFError) as exc:
-            raise CommandInterrupted(self.name, f"connection lost: {_describe(exc)}",
+            raise CommandInterrupted(self.name, f"connection lost: {describe(exc)}",
                                      "check the host, then retry") from None
         except Exception as exc:
             from paramiko import SSHException
 
             if isinstance(exc, SSHException):
-                raise CommandInterrupted(self.name, f"connection lost: {_describe(exc)}",
+                raise CommandInterrupted(self.name, f"connection lost: {describe(exc)}",
                                          "check the host, then retry") from None
             raise
         finally:
-            _quiet(chan.close)
+            quiet(chan.close)
 
     # ------------------------------------------------------------------ files
 
@@ -410,7 +356,7 @@ class SSHHost(Host):
                 try:
                     self._sftp = conn.client.open_sftp()
                 except Exception as exc:
-                    raise HostUnreachable(self.name, f"cannot start SFTP: {_describe(exc)}",
+                    raise HostUnreachable(self.name, f"cannot start SFTP: {describe(exc)}",
                                           "make sure the host's sshd offers the sftp "
                                           "subsystem") from None
             return self._sftp
@@ -420,7 +366,7 @@ class SSHHost(Host):
         private to the user (0600/0700)."""
         sftp = self._sftp_client()
         try:
-            _sftp_makedirs(sftp, remote.rsplit("/", 1)[0])
+            sftp_makedirs(sftp, remote.rsplit("/", 1)[0])
             with sftp.open(remote, "wb") as fh:
                 sftp.chmod(remote, 0o600)  # before any byte is written
                 fh.set_pipelined(True)
@@ -428,7 +374,7 @@ class SSHHost(Host):
                     while chunk := src.read(1 << 20):
                         fh.write(chunk)
         except OSError as exc:
-            raise HostUnreachable(self.name, f"upload to {remote} failed: {_describe(exc)}",
+            raise HostUnreachable(self.name, f"upload to {remote} failed: {describe(exc)}",
                                   "check the host's disk and permissions under root:") from None
 
     def get(self, remote: str, local: Path) -> None:
@@ -437,7 +383,7 @@ class SSHHost(Host):
         try:
             sftp.get(remote, str(local))
         except OSError as exc:
-            raise HostUnreachable(self.name, f"download of {remote} failed: {_describe(exc)}",
+            raise HostUnreachable(self.name, f"download of {remote} failed: {describe(exc)}",
                                   "check that the file exists on the host") from None
 
     def sftp(self) -> SFTPClient:
@@ -459,7 +405,7 @@ class SSHHost(Host):
         # same known_hosts files and refuses an unknown key; relaxed reads none and accepts
         # any key. Neither ever writes known_hosts.
         if self.hc.strict_host_key:
-            known = [f for f in _known_hosts_files(conn.ssh_config) if os.path.isfile(f)]
+            known = [f for f in known_hosts_files(conn.ssh_config) if os.path.isfile(f)]
             argv += ["-o", "UserKnownHostsFile=" + (" ".join(known) or "/dev/null"),
                      "-o", "StrictHostKeyChecking=yes"]
         else:
@@ -483,79 +429,6 @@ class SSHHost(Host):
 
 # ---------------------------------------------------------------------- helpers
 
-
-def _reject_unknown_policy() -> Any:
-    from paramiko import MissingHostKeyPolicy
-
-    class RejectUnknown(MissingHostKeyPolicy):
-        """Like paramiko's RejectPolicy, but keeps the key so the error can show it."""
-
-        def missing_host_key(self, client: Any, hostname: str, key: PKey) -> None:
-            raise _UnknownHostKey(hostname, key)
-
-    return RejectUnknown()
-
-
-def _known_hosts_files(ssh_config: Any) -> list[str]:
-    files = str(ssh_config.get("userknownhostsfile", "")).split()
-    if not files:
-        files = ["~/.ssh/known_hosts", "~/.ssh/known_hosts2"]
-    files += str(ssh_config.get("globalknownhostsfile", "/etc/ssh/ssh_known_hosts")).split()
-    return [os.path.expanduser(f) for f in files]
-
-
-def _split_known_name(name: str, ep: _Endpoint) -> tuple[str, int]:
-    if name.startswith("[") and "]:" in name:
-        host, _, port = name[1:].partition("]:")
-        return host, int(port)
-    return name, ep.port if name == ep.host else 22
-
-
-def _retryable(failure: HostUnreachable) -> bool:
-    return not isinstance(failure, (SSHAuthFailed, HostKeyRejected))
-
-
-def _describe(exc: BaseException) -> str:
-    from paramiko.ssh_exception import NoValidConnectionsError
-
-    if isinstance(exc, NoValidConnectionsError):
-        return "connection refused"
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return "timed out"
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
-def _quiet(fn: Callable[[], object]) -> None:
-    try:
-        fn()
-    except Exception:  # best effort while tearing down
-        log.debug("ignored error while closing", exc_info=True)
-
-
-def _quiet_close(conn: Connection) -> None:
-    _quiet(conn.close)
-    gateway = conn.gateway
-    while gateway is not None and not isinstance(gateway, str):
-        _quiet(gateway.close)
-        gateway = getattr(gateway, "gateway", None)
-
-
-def _sftp_makedirs(sftp: SFTPClient, directory: str) -> None:
-    missing: list[str] = []
-    path = directory
-    while path and path != "/":
-        try:
-            sftp.stat(path)
-            break
-        except OSError:
-            missing.append(path)
-            path = path.rsplit("/", 1)[0]
-    for p in reversed(missing):
-        sftp.mkdir(p, mode=0o700)
-
-
-# ---------------------------------------------------------------------- per-process pool
 
 _POOL: dict[tuple[Any, ...], SSHHost] = {}
 _POOL_LOCK = threading.Lock()

@@ -16,7 +16,7 @@ from worktree_runner import ssh as wt_ssh
 from worktree_runner.collect import collect
 from worktree_runner.collect_transfer import ssh_options
 from worktree_runner.config import load_config
-from worktree_runner.hosts import open_host
+from worktree_runner.backends import open_host
 from worktree_runner.ssh import HostKeyRejected
 
 pytestmark = pytest.mark.ssh

@@ -4,30 +4,74 @@
 # worker's python is found as its cmd.sh finds it (the worktree's .venv, else `python` on
 # PATH); package versions come from the metadata folder names in its site-packages (a
 # listing: nothing is imported). Written by rename.
-import glob
-import hashlib
+# It runs on every worker's start: only cheap modules (no subprocess, socket, glob, re).
 import json
 import os
-import re
-import shutil
-import socket
-import subprocess
 
-
-def run(argv, cwd=None, env=None):
+try:  # the built-in SHA-256, without loading OpenSSL (hashlib) for it
+    from _sha2 import sha256
+except ImportError:
     try:
-        out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=cwd,
-                             env=env, timeout=30, check=False)
-    except (OSError, subprocess.SubprocessError):
+        from _sha256 import sha256
+    except ImportError:
+        from hashlib import sha256
+
+
+def which(name):
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        path = os.path.join(d or ".", name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def run(argv, cwd=None):
+    """stdout of a short command, or None when it fails (fork/exec, no subprocess module)."""
+    exe = which(argv[0])
+    if exe is None:
         return None
-    return out.stdout.decode("utf-8", "replace").strip() if out.returncode == 0 else None
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.dup2(write_end, 1)
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(null, 2)
+            if cwd:
+                os.chdir(cwd)
+            os.execv(exe, argv)
+        finally:
+            os._exit(127)
+    os.close(write_end)
+    chunks = []
+    while True:
+        chunk = os.read(read_end, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(read_end)
+    _, status = os.waitpid(pid, 0)
+    if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+        return None
+    return b"".join(chunks).decode("utf-8", "replace").strip()
+
+
+def site_dirs(prefix):
+    lib = os.path.join(prefix, "lib")
+    try:
+        names = sorted(n for n in os.listdir(lib) if n.startswith("python3"))
+    except OSError:
+        return []
+    return [os.path.join(lib, n, sub) for n in names for sub in ("site-packages", "dist-packages")
+            if os.path.isdir(os.path.join(lib, n, sub))]
 
 
 def worker_python(worktree):
     """(site-packages dirs, python version) of the interpreter the command will use."""
     venv = os.path.join(worktree, ".venv")
     if not os.path.isfile(os.path.join(venv, "bin", "python")):
-        exe = shutil.which("python") or shutil.which("python3")
+        exe = which("python") or which("python3")
         if not exe:
             return [], None
         real = os.path.realpath(exe)
@@ -42,11 +86,9 @@ def worker_python(worktree):
                 key, _, value = line.partition("=")
                 if key.strip() in ("version", "version_info"):
                     version = value.strip()
-    dirs = sorted(glob.glob(os.path.join(venv, "lib", "python3*", "site-packages"))
-                  + glob.glob(os.path.join(venv, "lib", "python3*", "dist-packages")))
+    dirs = site_dirs(venv)
     if version is None and dirs:
-        match = re.search(r"python(3\.\d+)", dirs[0])
-        version = match.group(1) if match else None
+        version = os.path.basename(os.path.dirname(dirs[0]))[len("python"):] or None
     return dirs, version
 
 
@@ -62,7 +104,7 @@ def packages(info, dirs):
                 if entry.endswith(suffix):
                     name, _, version = entry[:-len(suffix)].partition("-")
                     seen.add((name.lower().replace("_", "-"), version.split("-py")[0]))
-    info["packages_hash"] = hashlib.sha256(
+    info["packages_hash"] = sha256(
         "\n".join("%s==%s" % p for p in sorted(seen)).encode()).hexdigest()[:16]
     info["packages_count"] = len(seen)
     versions = dict(seen)
@@ -72,8 +114,6 @@ def packages(info, dirs):
 
 def gpus(info, visible):
     info["gpu"] = info["driver"] = None
-    if not shutil.which("nvidia-smi"):
-        return
     out = run(["nvidia-smi", "--query-gpu=index,name,driver_version", "--format=csv,noheader"])
     if not out:
         return
@@ -107,7 +147,7 @@ def data(info, path):
     info["data_fingerprint"] = None
     if not path or not os.path.isdir(path):
         return
-    h = hashlib.sha256()
+    h = sha256()
     summary = os.path.join(path, "dataset.json")
     if os.path.isfile(summary):
         with open(summary, "rb") as fh:
@@ -132,7 +172,7 @@ def data(info, path):
 def record(out_path, meta, visible_gpus):
     """Write the environment record; never raises (a worker must start regardless)."""
     worktree = meta.get("worktree") or os.getcwd()
-    info = {"host": socket.gethostname()}
+    info = {"host": os.uname().nodename}
     steps = [
         ("python", lambda: info.update(zip(("site", "python"), worker_python(worktree)))),
         ("packages", lambda: packages(info, info.pop("site", []))),

@@ -5,10 +5,10 @@
 # KILL) before writing `exit` as "<value> <epoch> <how>": how is `exit` (value = exit code),
 # `signal` (value = signal number, from the wait status) or `never` (stopped before starting).
 # Every file is written by rename, so a reader never sees a torn one.
-import json
+# Start-up is on every worker's critical path: only cheap built-in modules are imported up
+# front (`_signal`, not `signal`, which pulls in enum; os.fork/exec, not subprocess).
+import _signal as signal
 import os
-import signal
-import subprocess
 import sys
 import time
 
@@ -58,6 +58,21 @@ def children_of(pid):
     return kids
 
 
+def spawn(argv):
+    """fork + exec with the signal dispositions a command expects (Python ignores SIGPIPE
+    and SIGXFSZ; exec keeps ignored signals ignored)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for name in ("SIGPIPE", "SIGXFSZ"):
+                if hasattr(signal, name):
+                    signal.signal(getattr(signal, name), signal.SIG_DFL)
+            os.execvp(argv[0], argv)
+        finally:
+            os._exit(127)
+    return pid
+
+
 def is_cmd_shell(pid):
     """True while the child is still the `sh cmd.sh` (it did not exec the command)."""
     try:
@@ -97,7 +112,7 @@ def main():
         child = state["child"]
         if child is None:
             return
-        targets = children_of(child.pid) if is_cmd_shell(child.pid) else [child.pid]
+        targets = children_of(child) if is_cmd_shell(child) else [child]
         for pid in targets:
             try:
                 os.kill(pid, signal.SIGUSR1)
@@ -113,12 +128,15 @@ def main():
         return 143
     record_env()
     ooms_before = oom_kills()
-    child = subprocess.Popen(["sh", os.path.join(WORKER_DIR, "cmd.sh")])
+    child = spawn(["sh", os.path.join(WORKER_DIR, "cmd.sh")])
     state["child"] = child
     if state["forwarded"]:
-        child.terminate()
-    rc = child.wait()
-    how, value = ("signal", -rc) if rc < 0 else ("exit", rc)
+        os.kill(child, signal.SIGTERM)
+    _, status = os.waitpid(child, 0)  # retried after a signal handler ran (PEP 475)
+    if os.WIFSIGNALED(status):
+        how, value = "signal", os.WTERMSIG(status)
+    else:
+        how, value = "exit", os.WEXITSTATUS(status)
 
     # Whatever the command left in the group (data loader workers, `sh -c` children) would
     # keep memory and GPUs busy: end it, as Slurm does at the end of a step.
@@ -213,6 +231,8 @@ def record_env():
 
 
 def read_meta():
+    import json
+
     try:
         with open(os.path.join(WORKER_DIR, "meta.json")) as fh:
             meta = json.load(fh)
@@ -232,6 +252,8 @@ def retried(how, value, ooms_before, record):
     reason = end_reason(how, value, ooms_before)
     if reason is None or not may_retry(read_meta(), reason):
         return False
+    import subprocess
+
     print("wt-run: attempt ended (%s); retrying" % reason, flush=True)
     out = subprocess.run([sys.executable, "-S", drainer, root, "--requeue", WORKER_DIR],
                          stdout=subprocess.PIPE, check=False)
@@ -259,6 +281,8 @@ def notify(how, value, ooms_before):
     stopped = os.path.exists(os.path.join(WORKER_DIR, "stop"))
     state = ("stopped" if stopped else "succeeded" if how == "exit" and value == 0 else
              "killed" if how == "signal" else "failed")
+    import subprocess
+
     env = dict(os.environ, WT_RUN_NAME=str(meta.get("name", "")),
                WT_RUN_RUN=str(meta.get("run", "")), WT_RUN_STATE=state,
                WT_RUN_EXIT_CODE="" if how == "signal" else str(value))

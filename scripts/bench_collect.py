@@ -93,8 +93,8 @@ def timed(argv: list[str]) -> float:
 
 def wt_run_ssh_options(config: object) -> list[str]:
     """The OpenSSH options (no `ssh`, no destination) wt-run's collect uses for bulk data."""
+    from worktree_runner.backends import open_host
     from worktree_runner.collect_transfer import ssh_options
-    from worktree_runner.hosts import open_host
 
     with open_host(config, "ssh") as host:  # type: ignore[arg-type]
         return ssh_options(host)

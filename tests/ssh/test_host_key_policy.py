@@ -13,10 +13,10 @@ from tests.collect.helpers import latest_run, make_training_repo, wt
 from tests.servers.fixtures import sshd_server  # noqa: F401
 from tests.servers.sshd import SSHServer
 from worktree_runner import ssh as wt_ssh
+from worktree_runner.backends import open_host
 from worktree_runner.collect import collect
 from worktree_runner.collect_transfer import ssh_options
 from worktree_runner.config import load_config
-from worktree_runner.backends import open_host
 from worktree_runner.ssh import HostKeyRejected
 
 pytestmark = pytest.mark.ssh

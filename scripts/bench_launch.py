@@ -30,8 +30,9 @@ def make_repo(path: Path, n: int) -> Path:
     (path / "README").write_text("bench\n")
     subprocess.run(["git", "-C", str(path), "add", "-A"], check=True, env=ENV)
     subprocess.run(["git", "-C", str(path), "commit", "-qm", "init"], check=True, env=ENV)
-    config = {"branches": {f"b{i}": {"branch": f"bench/b{i}"} for i in range(n)},
-              "commands": {"train": "true"}}
+    config = {"branches": {f"b{i}": {"branch": f"bench/b{i}", "vars": {"lr": "0"}}
+                           for i in range(max(n, 2))},
+              "commands": {"train": "true {lr} {name}"}}
     (path / "wt-run.yaml").write_text(yaml.safe_dump(config))
     return path
 
@@ -58,6 +59,16 @@ done
 """
 
 
+def time_sweep(repo: Path, values: int, seeds: int) -> float:
+    """2 branches × `values` values × `seeds` seeds: a sweep shares each branch's worktree."""
+    vals = ",".join(f"{v}e-3" for v in range(1, values + 1))
+    start = time.perf_counter()
+    subprocess.run(["wt-run", "--config", str(repo / "wt-run.yaml"), "launch", "--branches",
+                    "b0", "b1", "--set", f"lr={vals}", "--seeds", str(seeds)], check=True,
+                   stdout=subprocess.DEVNULL, env=ENV)
+    return time.perf_counter() - start
+
+
 def time_shell_loop(repo: Path, n: int) -> float:
     start = time.perf_counter()
     subprocess.run(["sh", "-c", SHELL_LOOP, "loop", str(repo), str(n)], check=True, env=ENV)
@@ -80,7 +91,12 @@ def main() -> None:
     ours: dict[int, float] = {}
     loop: dict[int, float] = {}
     status_64 = []
+    sweep: dict[int, float] = {}
     try:
+        for count, (values, seeds) in {16: (2, 4), 64: (4, 8)}.items():
+            sweep[count] = statistics.median(
+                time_sweep(make_repo(tmp / f"s{count}-{r}", 2), values, seeds)
+                for r in range(args.repeats))
         for n in args.sizes:
             a, b = [], []
             for r in range(args.repeats):
@@ -104,6 +120,10 @@ def main() -> None:
     print(f"marginal cost per branch N={lo}..{hi}: wt-run {slope_ours * 1000:.1f} ms, "
           f"shell loop {slope_loop * 1000:.1f} ms, ratio {slope_ours / slope_loop:.2f} "
           f"(goal <= 1.5)")
+    slope_sweep = (sweep[64] - sweep[16]) / 48
+    print(f"sweep 2 branches x 4 values x 8 seeds = 64 workers: {sweep[64]:.3f} s; per worker "
+          f"16..64: {slope_sweep * 1000:.1f} ms, shell loop {slope_loop * 1000:.1f} ms, ratio "
+          f"{slope_sweep / slope_loop:.2f} (goal <= 1.5)")
     print(f"wt-run status for {hi} workers: {statistics.median(status_64):.3f} s "
           f"(goal < 0.5 s)")
 

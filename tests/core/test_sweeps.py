@@ -105,3 +105,28 @@ def test_status_folds_the_seeds_of_a_group_unless_all(repo_factory) -> None:
     unfolded = wt("status", "--all").output
     assert all(f"{b}-s{i}" in unfolded for b in "ab" for i in range(3))
     assert "×3" not in unfolded
+
+
+def test_sweep_launch_collect_compare_end_to_end(repo_factory) -> None:
+    """A real sweep with seeds, collected and compared: each group's statistics come from its
+    seeds' metrics, with the exact sample std and 95% Student-t half-width."""
+    train = ("import json, os, sys\n"
+             "seed, lr = int(os.environ['WT_RUN_SEED']), float(sys.argv[1])\n"
+             "acc = {0.1: 0.5, 0.2: 0.8}[lr] + 0.01 * seed\n"
+             "out = os.environ['WT_RUN_OUT']\n"
+             "json.dump({'accuracy': acc}, open(os.path.join(out, 'metrics.json'), 'w'))\n")
+    repo = repo_factory(files={"train.py": train})
+    wt = WtRun(repo, write_config(repo, {
+        "branches": {"a": {"branch": "exp/a", "vars": {"lr": "0.1"}}},
+        "commands": {"train": "python train.py {lr}"}}))
+    wt("launch", "--branches", "a", "--set", "lr=0.1,0.2", "--seeds", "3", "--wait")
+    wt("collect")
+    doc = json.loads(wt("compare", "--format", "json").output)
+    groups = {g["name"]: g for g in doc["groups"]}
+    assert set(groups) == {"a-lr0.1", "a-lr0.2"}
+    g = groups["a-lr0.2"]
+    assert g["n"] == 3 and g["vars"] == {"lr": "0.2"}
+    m = g["metrics"]["accuracy"]
+    assert sorted(m["values"]) == pytest.approx([0.80, 0.81, 0.82])
+    assert m["mean"] == pytest.approx(0.81) and m["std"] == pytest.approx(0.01)
+    assert m["ci95"] == pytest.approx(4.302652729911275 * 0.01 / 3 ** 0.5)

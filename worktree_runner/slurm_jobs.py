@@ -3,6 +3,7 @@ grouping into job arrays, sharded generation, and the one submit script per laun
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from collections.abc import Mapping, Sequence
@@ -12,7 +13,7 @@ from .config import Config, HostConfig
 from .observe import FIND_PYTHON
 from .runs import HostLayout, WorkerRecord
 from .slurm_settings import AUTO_ARRAY_MIN, SlurmSettings, pattern_safe, slurm_settings
-from .workers import LaunchSpec, command_script, install_wrapper_script
+from .workers import LaunchSpec, command_script, env_context, install_wrapper_script
 
 q = shlex.quote
 
@@ -183,6 +184,8 @@ wt_prep() {
     done
   fi
   printf '%s' "$3" > "$d/cmd.sh"
+  printf '%s' "$4" > "$d/meta.json"
+  printf '%s' "$5" > "$d/env.ctx"
 }
 NL='
 '
@@ -209,8 +212,9 @@ def submit_script(root: str, subs: Sequence[Submission], specs: Mapping[str, Lau
     dirs = " ".join(q(f"{r.worker_dir}/out") for sub in subs for r in sub.records)
     parts = ["umask 077", install_wrapper_script(root), f"mkdir -p {dirs}", _SUBMIT_FN]
     for i, sub in enumerate(subs):
-        prep = " && ".join(f"wt_prep {q(r.worker_dir)} {i} {q(command_script(specs[r.name]))}"
-                           for r in sub.records)
+        prep = " && ".join(f"wt_prep {q(r.worker_dir)} {i} {q(command_script(specs[r.name]))} "
+                           f"{q(json.dumps(dict(specs[r.name].meta)))} "
+                           f"{q(env_context(specs[r.name]))}" for r in sub.records)
         steps = [prep]
         steps += [f"mkdir -p {q(os.path.dirname(link))} && ln -sfn {q(target)} {q(link)}"
                   for link, target in sub.links]

@@ -59,6 +59,15 @@ class QueueSettings:
                            "gpu_free_mib": self.gpu_free_mib})
 
 
+def env_context(spec: LaunchSpec) -> str:
+    """env.ctx: what the wrapper needs to record the environment at start, as escaped lines
+    (worktree, data, run, name, GPUs) that it reads without a JSON parser."""
+    meta = spec.meta
+    values = [spec.worktree, str(meta.get("data") or ""), str(meta.get("run") or ""),
+              str(meta.get("name") or spec.name), str(meta.get("gpus") or "")]
+    return "".join(v.replace("\\", "\\\\").replace("\n", "\\n") + "\n" for v in values)
+
+
 def command_script(spec: LaunchSpec) -> str:
     """The worker's cmd.sh: cwd, environment, and the user's command last."""
     d = spec.worker_dir
@@ -108,6 +117,7 @@ wt_prepare() {
   printf '%s
 ' "$n" > "$d/attempt"
   printf '%s' "$4" > "$d/meta.json"
+  printf '%s' "$5" > "$d/env.ctx"
   printf '%s' "$2" > "$d/cmd.sh"
 }
 wt_launch() {
@@ -130,12 +140,13 @@ def launch_script(root: str, specs: Sequence[LaunchSpec], grace: float = 10.0,
     if queue is None:
         for i, spec in enumerate(specs):
             parts.append(f"wt_launch {q(spec.worker_dir)} {q(command_script(spec))} {i} "
-                         f"{q(json.dumps(dict(spec.meta)))}")
+                         f"{q(json.dumps(dict(spec.meta)))} {q(env_context(spec))}")
         return "\n".join(parts) + "\n"
     args = []
     for i, spec in enumerate(specs):
         parts.append(f"wt_prepare {q(spec.worker_dir)} {q(command_script(spec))} {i} "
-                     f"{q(json.dumps(dict(spec.meta)))} && echo 'queued {i}'")
+                     f"{q(json.dumps(dict(spec.meta)))} {q(env_context(spec))} "
+                     f"&& echo 'queued {i}'")
         args += [spec.worker_dir, repr(float(grace)), "1" if spec.meta.get("gpu") else "0"]
     qdir = f"{root}/queue"
     parts += [f"mkdir -p {q(qdir)} || exit 90", _install(qdir, "config.json", queue.to_json()),

@@ -5,7 +5,6 @@
 # PATH); package versions come from the metadata folder names in its site-packages (a
 # listing: nothing is imported). Written by rename.
 # It runs on every worker's start: only cheap modules (no subprocess, socket, glob, re).
-import json
 import os
 
 try:  # the built-in SHA-256, without loading OpenSSL (hashlib) for it
@@ -190,7 +189,33 @@ def record(out_path, meta, visible_gpus):
     try:
         tmp = out_path + ".tmp"
         with open(tmp, "w") as fh:
-            json.dump(info, fh, sort_keys=True)
+            fh.write(to_json(info))
         os.replace(tmp, out_path)
     except OSError:
         pass
+
+
+def to_json(value):
+    """JSON for the record's plain values (the json module would cost more than the rest)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        out = ['"']
+        for ch in value:
+            code = ord(ch)
+            if ch in '"\\':
+                out.append("\\" + ch)
+            elif code < 0x20 or 0xD800 <= code < 0xE000:
+                out.append("\\u%04x" % code)
+            else:
+                out.append(ch)
+        out.append('"')
+        return "".join(out)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(to_json(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join("%s: %s" % (to_json(str(k)), to_json(value[k]))
+                               for k in sorted(value)) + "}"
+    return to_json(str(value))

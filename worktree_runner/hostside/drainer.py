@@ -11,6 +11,7 @@
 import fcntl
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ ROOT = sys.argv[1]
 Q = os.path.join(ROOT, "queue")
 ENTRIES = os.path.join(Q, "entries")
 RUNNING = os.path.join(Q, "running")
-POLL = 0.05
+POLL = 0.25  # a worker that ends wakes the drainer at once (SIGUSR1); this catches the rest
 
 
 def ensure_dirs():
@@ -297,6 +298,12 @@ def drain():
     write(os.path.join(Q, "drainer.pid"),
           "%d %s %s\n" % (os.getpid(), start_ticks(os.getpid()), boot_id()))
     gpu_cache = {}
+    # Any signal (a wrapper's SIGUSR1 when its worker ended) writes to this pipe and ends the
+    # wait below at once.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: None)
     try:
         while True:
             config = {}
@@ -314,7 +321,9 @@ def drain():
                     break
             if left == 0:
                 return 0
-            time.sleep(POLL)
+            ready, _, _ = select.select([wake_r], [], [], POLL)
+            if ready:
+                os.read(wake_r, 4096)
     finally:
         single.release()
 

@@ -126,12 +126,12 @@ def main():
     if os.path.exists(os.path.join(WORKER_DIR, "stop")) or state["forwarded"]:
         write("exit", "0 %d never\n" % int(time.time()))
         return 143
-    record_env()
     ooms_before = oom_kills()
     child = spawn(["sh", os.path.join(WORKER_DIR, "cmd.sh")])
     state["child"] = child
     if state["forwarded"]:
         os.kill(child, signal.SIGTERM)
+    record_env()  # while the command starts: off its critical path
     _, status = os.waitpid(child, 0)  # retried after a signal handler ran (PEP 475)
     if os.WIFSIGNALED(status):
         how, value = "signal", os.WTERMSIG(status)
@@ -160,8 +160,22 @@ def main():
     record = "%d %d %s\n" % (value, int(time.time()), how)
     if not retried(how, value, ooms_before, record):
         write("exit", record)
+        wake_queue()
         notify(how, value, ooms_before)
     return 128 + value if how == "signal" else value
+
+
+def wake_queue():
+    """A slot is free: wake this host's queue drainer now rather than at its next poll."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "queue", "drainer.pid")
+    try:
+        with open(path) as fh:
+            fields = fh.read().split()
+        pid = int(fields[0])
+        if stat_fields(pid)[19].decode() == fields[1]:
+            os.kill(pid, signal.SIGUSR1)
+    except (OSError, ValueError, IndexError):
+        pass
 
 
 def oom_kills():
@@ -224,8 +238,8 @@ def unescape(text):
 
 
 def record_env():
-    """env.json: what the worker runs with (envinfo.py beside this file), just before the
-    command starts; skipped when the host program is missing (an older install)."""
+    """env.json: what the worker runs with (envinfo.py beside this file), as its command
+    starts; skipped when the host program is missing (an older install)."""
     try:
         with open(os.path.join(WORKER_DIR, "env.ctx")) as fh:
             lines = fh.read().split("\n")

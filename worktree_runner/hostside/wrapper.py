@@ -131,12 +131,30 @@ def main():
     state["child"] = child
     if state["forwarded"]:
         os.kill(child, signal.SIGTERM)
-    record_env()  # while the command starts: off its critical path
+    recorder = os.fork()
+    if recorder == 0:
+        # The environment record, beside the command at the lowest CPU priority: it never
+        # slows the command (or a launch starting many workers) down.
+        try:
+            os.nice(19)
+            record_env()
+        finally:
+            os._exit(0)
     _, status = os.waitpid(child, 0)  # retried after a signal handler ran (PEP 475)
     if os.WIFSIGNALED(status):
         how, value = "signal", os.WTERMSIG(status)
     else:
         how, value = "exit", os.WEXITSTATUS(status)
+
+    # The record finishes before the clean-up below could end it (bounded: 10 s at most).
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            if os.waitpid(recorder, os.WNOHANG)[0]:
+                break
+        except ChildProcessError:
+            break
+        time.sleep(0.01)
 
     # Whatever the command left in the group (data loader workers, `sh -c` children) would
     # keep memory and GPUs busy: end it, as Slurm does at the end of a step.

@@ -395,7 +395,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def load_config(args: argparse.Namespace) -> TrainConfig:
     path = Path(args.config) if args.config else CONFIG_DIR / "train_default.yaml"
     raw = load_yaml(path) if args.config or path.is_file() else {}
-    overrides = list(args.set)
+    # `wt-run launch --seeds N` runs seeds 0..N-1 ($WT_RUN_SEED); an explicit --set wins.
+    env_seed = os.environ.get("WT_RUN_SEED")
+    overrides = ([f"seed={int(env_seed)}"] if env_seed and env_seed.isdigit() else [])
+    overrides += list(args.set)
     if args.epochs is not None:
         overrides.append(f"epochs={args.epochs}")
     return build(TrainConfig, apply_overrides(raw, overrides), where=str(path))

@@ -212,3 +212,14 @@ def test_feature_dim_projects_the_features(tmp_path: Path, tiny_dataset: Path) -
                        "--config", TINY, "--epochs", "1", "--set", "max_steps_per_epoch=1",
                        "--set", "extractors.i3d.feature_dim=24"]) == 0
     assert json.loads((out / "metrics.json").read_text())["feature_dim"] == 24
+
+
+def test_wt_run_seed_sets_the_training_seed_unless_set_explicitly(monkeypatch) -> None:
+    from experiments.trajectory_video.train import load_config, parse_args
+
+    monkeypatch.setenv("WT_RUN_SEED", "2")
+    assert load_config(parse_args(["--extractor", "i3d", "--data", "d"])).seed == 2
+    explicit = parse_args(["--extractor", "i3d", "--data", "d", "--set", "seed=7"])
+    assert load_config(explicit).seed == 7
+    monkeypatch.delenv("WT_RUN_SEED")
+    assert load_config(parse_args(["--extractor", "i3d", "--data", "d"])).seed == 0

@@ -7,7 +7,6 @@ deletes under it, so a concurrent `launch --run X` cannot lose its new records."
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from .api import host_records, parallel_map, status, still_live
 from .backends import backend_for
+from .collect_lister import pattern_regex
 from .config import Config
 from .errors import WtRunError
 from .runs import RunStore, WorkerRecord, group_by_host
@@ -63,33 +63,11 @@ def clean_worktrees(config: Config, *, dry_run: bool = False, force: bool = Fals
         return actions
 
 
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """A collect glob as a regex over '/'-separated relative paths (`**` spans folders)."""
-    out = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            if pattern.startswith("/", i):
-                out[-1] = "(?:.*/)?"
-                i += 1
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
 def _result_files(worktree: Path, patterns: Sequence[str], shared: Sequence[str]
                   ) -> Iterator[tuple[str, float]]:
-    """(relative path, mtime) of each file in the worktree that collect would take."""
-    regexes = [_glob_regex(p) for p in patterns]
+    """(relative path, mtime) of each file in the worktree that collect would take (matched
+    by collect's own glob rules)."""
+    regexes = [pattern_regex(p) for p in patterns]
     skip = {".git", *shared}
     for top, dirs, files in os.walk(worktree):
         rel_top = os.path.relpath(top, worktree)

@@ -9,6 +9,7 @@ a host's type."""
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import time
 from abc import ABC, abstractmethod
@@ -134,8 +135,6 @@ class Backend(ABC):
     def remove_run_files(self, run: str) -> str:
         """Delete a run's worker directories on the host; returns what was removed."""
         path = self.layout().run_dir(run)
-        import shlex
-
         self.connect().run_script(f"rm -rf -- {shlex.quote(path)}\n").check()
         return path
 
@@ -186,7 +185,8 @@ class ShellBackend(Backend):
     def resume(self) -> str:
         if self.queue() is None:
             return super().resume()
-        out = self.connect().run_script(resume_script(self.connect().root)).check()
+        host = self.connect()
+        out = host.run_script(resume_script(host.root)).check()
         words = out.stdout.split()
         waiting = words[-1] if words and words[-1].isdigit() else "0"
         return f"queue drainer started ({waiting} waiting)"

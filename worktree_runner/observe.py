@@ -79,8 +79,7 @@ def _health(host: str, doc: Mapping[str, Any]) -> HostHealth:
     gpus = tuple({"index": str(g.get("index")), "name": g.get("name"),
                   "utilization": _num(g.get("utilization")),
                   "memory_used_mib": _num(g.get("memory_used")),
-                  "memory_total_mib": _num(g.get("memory_total")),
-                  "processes": list(g.get("processes") or [])}
+                  "memory_total_mib": _num(g.get("memory_total"))}
                  for g in doc.get("gpus") or [] if isinstance(g, dict))
     disk = doc.get("disk_free_bytes")
     return HostHealth(host, True, None,

@@ -133,8 +133,8 @@ def test_a_gpu_used_by_a_stranger_is_never_handed_out(repo_factory, tmp_path: Pa
         "  *query-gpu=index,uuid*) printf '0, GPU-0, 6000\\n1, GPU-1, 0\\n' ;;\n"
         "  *query-compute-apps*) printf 'GPU-0, 999999, 6000\\n' ;;\n"
         "  *query-gpu=index,name*) printf '0, Fake H200, 1.0\\n1, Fake H200, 1.0\\n' ;;\n"
-        "  *) printf '0, 0, 6000, 143000, GPU-0, Fake H200\\n'\n"
-        "     printf '1, 0, 0, 143000, GPU-1, Fake H200\\n' ;;\n"
+        "  *) printf '0, 0, 6000, 143000, Fake H200\\n'\n"
+        "     printf '1, 0, 0, 143000, Fake H200\\n' ;;\n"
         "esac\n")
     (fake / "nvidia-smi").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")

@@ -78,13 +78,12 @@ def enqueue(items, locked=False):
     ensure_dirs()
     lock = None if locked else Lock("lock")
     try:
-        boot = boot_id()
         for d, grace, gpu in items:
             seq = new_seq()
             while os.path.exists(os.path.join(ENTRIES, seq)):
                 time.sleep(0.000001)
                 seq = new_seq()
-            entry = {"dir": d, "grace": float(grace), "gpu": gpu == "1", "boot": boot}
+            entry = {"dir": d, "grace": float(grace), "gpu": gpu == "1"}
             write(os.path.join(d, "queued"), seq + "\n")
             write(os.path.join(ENTRIES, seq), json.dumps(entry))
             print("queued %s %s" % (seq, d))
@@ -109,8 +108,8 @@ def requeue(d, locked=False):
             os.replace(os.path.join(d, name), os.path.join(shelf, name))
     write(os.path.join(d, "attempt"), "%d\n" % (n + 1))
     print("shelf " + shelf, flush=True)
-    grace = read_meta(d).get("grace", 10.0)
-    enqueue([(d, grace, "1" if read_meta(d).get("gpu") else "0")], locked=locked)
+    meta = read_meta(d)
+    enqueue([(d, meta.get("grace", 10.0), "1" if meta.get("gpu") else "0")], locked=locked)
 
 
 def read_meta(d):

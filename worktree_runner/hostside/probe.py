@@ -88,27 +88,16 @@ def gpus():
     try:
         out = subprocess.run(
             ["nvidia-smi", "--format=csv,noheader,nounits",
-             "--query-gpu=index,utilization.gpu,memory.used,memory.total,uuid,name"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=20, check=False)
-        apps = subprocess.run(
-            ["nvidia-smi", "--format=csv,noheader,nounits",
-             "--query-compute-apps=gpu_uuid,pid,used_memory"],
+             "--query-gpu=index,utilization.gpu,memory.used,memory.total,name"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=20, check=False)
     except (OSError, subprocess.SubprocessError):
         return []
-    procs = {}
-    for line in apps.stdout.decode("utf-8", "replace").splitlines():
-        cells = [c.strip() for c in line.split(",")]
-        if len(cells) == 3:
-            procs.setdefault(cells[0], []).append({"pid": cells[1], "used_mib": cells[2]})
     found = []
     for line in out.stdout.decode("utf-8", "replace").splitlines():
         cells = [c.strip() for c in line.split(",")]
         if len(cells) >= 4:
-            uuid = cells[4] if len(cells) > 4 else ""
             found.append({"index": cells[0], "utilization": cells[1], "memory_used": cells[2],
-                          "memory_total": cells[3], "name": ", ".join(cells[5:]) or None,
-                          "processes": procs.get(uuid, [])})
+                          "memory_total": cells[3], "name": ", ".join(cells[4:]) or None})
     return found
 
 

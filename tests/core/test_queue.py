@@ -193,3 +193,26 @@ def test_reboot_leaves_queued_workers_visible_and_resume_restarts_them(repo_fact
     out = wt("resume").output
     assert "local: queue drainer started (1 waiting)" in out
     assert wt.wait_states({"b": "succeeded"})["a"] == "lost"
+
+
+def test_a_queued_worker_stopped_as_the_drainer_takes_it_still_ends(tmp_path: Path) -> None:
+    """The stop marker lands after the entry left the queue (the drainer took it): the
+    worker must still get its exit record, never stay pending forever."""
+    from worktree_runner.hostside import source
+
+    root = tmp_path / "root"
+    d = root / "runs/r/workers/w"
+    (d / "out").mkdir(parents=True)
+    for name in ("wrapper", "drainer", "envinfo"):
+        (root / f"{name}.py").write_text(source(name))
+    (d / "cmd.sh").write_text("echo ran > \"$0.ran\"\n")
+    drainer = [sys.executable, "-S", str(root / "drainer.py"), str(root)]
+    subprocess.run([*drainer, "--enqueue", str(d), "1", "0"], check=True,
+                   stdout=subprocess.DEVNULL)
+    (d / "stop").write_text("")
+    subprocess.run(drainer, check=True, timeout=60)
+    deadline = time.time() + 30
+    while not (d / "exit").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert (d / "exit").read_text().split()[2] == "never"
+    assert not (d / "cmd.sh.ran").exists()

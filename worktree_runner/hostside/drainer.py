@@ -276,9 +276,9 @@ def schedule_once(config, gpu_cache):
                 os.rename(src, os.path.join(RUNNING, seq))
             except OSError:
                 continue  # taken out of the queue meanwhile (stopped)
-            if os.path.exists(os.path.join(entry["dir"], "stop")):
-                os.unlink(os.path.join(RUNNING, seq))
-                continue
+            # Started even when a stop marker is there: the wrapper is the one place that
+            # turns a stop before the start into its exit record (dropping the entry here
+            # would leave the worker pending forever).
             start(entry, chosen)
             write(os.path.join(RUNNING, seq), json.dumps(entry))
             running[seq] = entry

@@ -193,7 +193,8 @@ class ShellBackend(Backend):
 
 
 class LocalBackend(ShellBackend):
-    """This machine: the user's own repository, worktrees made with GitPython."""
+    """This machine: the user's own repository, worktrees made by the same script as on
+    remote hosts."""
 
     def connect(self) -> Host:
         return LocalHost(self.name, self.config.state_dir)
@@ -204,10 +205,11 @@ class LocalBackend(ShellBackend):
 
     def prepare_worktrees(self, branches: Sequence[BranchConfig], *, force: bool,
                           dry_run: bool) -> list[Checkout]:
-        from .worktrees import prepare_worktrees
+        from .worktrees import prepare_local_worktrees
 
-        prepared = prepare_worktrees(self.config, branches, force=force, dry_run=dry_run)
-        return [Checkout(str(p.path), p.commit) for p in prepared]
+        done = prepare_local_worktrees(self.config, self.connect(), self.layout(), branches,
+                                       force=force, dry_run=dry_run)
+        return [Checkout(path, commit) for path, commit in done]
 
     def prepare_repo(self, *, dry_run: bool) -> Checkout:
         def git(*args: str) -> str:

@@ -8,14 +8,10 @@ import shlex
 
 from .config import Config, HostConfig
 from .hosts import Host
+from .repo_refs import head_commit
 from .runs import HostLayout
-from .sync import (
-    SETUP_TIMEOUT_S,
-    apply_with_bundle,
-    head_commit,
-    inventory_of,
-    raise_for,
-)
+from .sync import SETUP_TIMEOUT_S, apply_with_bundle, inventory_of
+from .worktrees import raise_for
 
 q = shlex.quote
 

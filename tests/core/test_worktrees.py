@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +192,27 @@ def test_cli_start_up_imports_no_heavy_modules(repo_factory, command: str) -> No
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=repo, check=True).stdout
     assert "HEAVY []" in out
+
+
+def test_local_worktrees_use_the_remote_hosts_script(repo_factory) -> None:
+    """The local host runs the same worktree script as remote hosts: a branch held by a
+    worktree whose directory was deleted by hand is re-made in place, and an untracked file
+    where a shared link belongs is refused rather than linked into or clobbered."""
+    repo = repo_factory(files={"ok.py": "print('ok')\n", "data/x": "1"})
+    git(repo, "rm", "-rq", "--cached", "data")
+    git(repo, "commit", "-qm", "untrack data")
+    wt = WtRun(repo, write_config(repo, basic_config(["a", "b"], "python ok.py",
+                                                      shared=["data"])))
+    wt("launch", "--branches", "a", "b", "--wait")
+    shutil.rmtree(repo / ".wt-run/worktrees/a")  # registered, directory gone
+    wt("launch", "--branches", "a", "--wait")
+    assert (repo / ".wt-run/worktrees/a/data").is_symlink()
+    assert git(repo / ".wt-run/worktrees/a", "branch", "--show-current") == "exp/a"
+
+    link = repo / ".wt-run/worktrees/b/data"
+    link.unlink()
+    link.mkdir()
+    (link / "mine").write_text("keep")
+    out = wt("launch", "--branches", "b", ok=False).output
+    assert "shared path 'data' exists in worktree" in out
+    assert (link / "mine").read_text() == "keep" and not (link / "data").exists()

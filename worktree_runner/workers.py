@@ -120,14 +120,6 @@ wt_prepare() {
   printf '%s' "$5" > "$d/env.ctx"
   printf '%s' "$2" > "$d/cmd.sh"
 }
-wt_launch() {
-  wt_prepare "$@" || return 0
-  d=$1
-  setsid "$PY" -S "$W" "$d" "$G" </dev/null >"$d/log" 2>&1 &
-  printf '%s
-' "$!" > "$d/spawn.tmp" && mv -f "$d/spawn.tmp" "$d/spawn"
-  echo "started $3 $!"
-}
 """
 
 
@@ -138,9 +130,13 @@ def launch_script(root: str, specs: Sequence[LaunchSpec], grace: float = 10.0,
     parts = ["umask 077", FIND_PYTHON, install_wrapper_script(root),
              f"W={q(root + '/wrapper.py')}", f"G={float(grace)!r}", _LAUNCH_FN]
     if queue is None:
+        # Every worker prepared, then one interpreter forks all their wrappers.
+        parts.append("set --")
         for i, spec in enumerate(specs):
-            parts.append(f"wt_launch {q(spec.worker_dir)} {q(command_script(spec))} {i} "
-                         f"{q(json.dumps(dict(spec.meta)))} {q(env_context(spec))}")
+            parts.append(f"wt_prepare {q(spec.worker_dir)} {q(command_script(spec))} {i} "
+                         f"{q(json.dumps(dict(spec.meta)))} {q(env_context(spec))} "
+                         f"&& set -- \"$@\" {i} {q(spec.worker_dir)}")
+        parts.append('[ "$#" -eq 0 ] || "$PY" -S "$W" --spawn "$G" "$@" </dev/null || exit 94')
         return "\n".join(parts) + "\n"
     args = []
     for i, spec in enumerate(specs):

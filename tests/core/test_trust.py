@@ -96,9 +96,14 @@ def test_garbled_files_make_only_that_worker_unknown(repo_factory) -> None:
 def test_launch_writes_spawn_by_rename() -> None:
     from worktree_runner.workers import LaunchSpec, launch_script
 
+    from worktree_runner.workers import WRAPPER
+
     script = launch_script("/r", [LaunchSpec("a", "/r/w", "/wt", "true", {})])
-    assert '> "$d/spawn.tmp" && mv -f "$d/spawn.tmp" "$d/spawn"' in script
-    assert '> "$d/spawn"\n' not in script
+    # The launcher forks the wrappers and writes each spawn file through a temporary + rename.
+    assert '--spawn "$G"' in script and '> "$d/spawn"' not in script
+    assert 'write_in(directory, "spawn", ' in WRAPPER
+    writer = WRAPPER[WRAPPER.index("def write_in("):]
+    assert 'name + ".tmp"' in writer and "os.replace(tmp," in writer
 
 
 def test_looking_at_an_old_run_never_makes_it_newest(repo_factory) -> None:

@@ -300,7 +300,7 @@ def test_launch_cut_after_sending_is_not_resent(tmp_path, sshd_servers, monkeypa
     real_run = wt_ssh.SSHHost.run_script
 
     def run_script(self, script, *, timeout=None):
-        if "wt_launch()" in script:
+        if "wt_prepare()" in script:
             monkeypatch.setattr(wt_ssh, "REMOTE_COMMAND", f"{plain}; cat {fifo} >/dev/null")
         try:
             return real_run(self, script, timeout=timeout)

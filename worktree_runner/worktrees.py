@@ -81,14 +81,14 @@ wt_apply() {
     f=; if registered "$WTR/$1"; then f=-f; fi
     if [ -n "$RESET" ]; then
       git -C "$G" worktree add -q $f -B "$2" -- "$p" "$3" </dev/null >"$E" 2>&1
-    elif git -C "$G" show-ref -q --verify "refs/heads/$2"; then
+    elif [ -n "$4" ]; then
       git -C "$G" worktree add -q $f -- "$p" "$2" </dev/null >"$E" 2>&1
     else
       git -C "$G" worktree add -q $f -b "$2" -- "$p" "$3" </dev/null >"$E" 2>&1
     fi || failed "add $1"
   fi
   wt_links "$p" "$1"
-  printf 'ok %s %s\n' "$1" "$(git -C "$p" rev-parse HEAD)"
+  printf 'ok %s %s\n' "$1" "$3"
 }
 """
 
@@ -98,7 +98,8 @@ def worktrees_script(paths: HostLayout, shared: Sequence[str],
                      force: bool, reset: bool, dry_run: bool = False,
                      skip_missing: str | None = None) -> str:
     """The script body (after a preamble that sets G, WT, T, E and SCRIPT_FNS): every check
-    first, then (unless dry_run) every change; prints `ok NAME COMMIT` per worktree.
+    first, then (unless dry_run) every change; prints `ok NAME COMMIT` per worktree (the
+    commit each branch was resolved to, which a reused worktree without `reset` is on).
 
     `reset` moves each branch to its wanted commit (a remote host mirrors this machine's
     branches); without it an existing branch is checked out as it is and a new one starts at
@@ -130,7 +131,8 @@ def worktrees_script(paths: HostLayout, shared: Sequence[str],
         lines.append(f'grep -qxF -- {q(entry)} "$X" 2>/dev/null || '
                      f'printf \'%s\\n\' {q(entry)} >> "$X"')
     for b, w in zip(branches, wanted):
-        lines.append(f"wt_apply {q(b.name)} {q(b.branch)} {q(w.commit)}")
+        exists = "1" if w.ref == f"refs/heads/{b.branch}" else "''"
+        lines.append(f"wt_apply {q(b.name)} {q(b.branch)} {q(w.commit)} {exists}")
     return "\n".join(lines) + "\n"
 
 

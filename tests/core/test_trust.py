@@ -94,9 +94,7 @@ def test_garbled_files_make_only_that_worker_unknown(repo_factory) -> None:
 
 
 def test_launch_writes_spawn_by_rename() -> None:
-    from worktree_runner.workers import LaunchSpec, launch_script
-
-    from worktree_runner.workers import WRAPPER
+    from worktree_runner.workers import WRAPPER, LaunchSpec, launch_script
 
     script = launch_script("/r", [LaunchSpec("a", "/r/w", "/wt", "true", {})])
     # The launcher forks the wrappers and writes each spawn file through a temporary + rename.

@@ -87,13 +87,20 @@ def test_dirty_worktree_snapshot_is_recoverable(repo_factory) -> None:
     wt("launch", "--branches", "a", "--set", "wd=0", "--seeds", "1", "--wait")
     (w,) = wt.status()["workers"]
     Path(w["worktree"], "echo.py").write_text(ECHO + "# local experiment\n")
-    wt("launch", "--branches", "a", "--set", "wd=0", "--seeds", "1", "--wait", "--force")
-    (w,) = wt.status()["workers"]
-    env = w["env"]
-    assert env["dirty"] is True and env["snapshot"]
-    shown = subprocess.run(["git", "-C", str(wt.repo), "show", f"{env['snapshot_ref']}:echo.py"],
-                           capture_output=True, text=True, check=True).stdout
-    assert shown.endswith("# local experiment\n")
+    # Two seeds share the dirty worktree: one record each, each with a snapshot ref of its own.
+    wt("launch", "--branches", "a", "--set", "wd=0", "--seeds", "2", "--wait", "--force")
+    workers = wt.status()["workers"]
+    assert len(workers) == 2
+    refs = set()
+    for w in workers:
+        env = w["env"]
+        assert env["dirty"] is True and env["snapshot"] and w["name"] in env["snapshot_ref"]
+        refs.add(env["snapshot_ref"])
+        shown = subprocess.run(
+            ["git", "-C", str(wt.repo), "show", f"{env['snapshot_ref']}:echo.py"],
+            capture_output=True, text=True, check=True).stdout
+        assert shown.endswith("# local experiment\n")
+    assert len(refs) == 2
 
 
 def test_status_folds_the_seeds_of_a_group_unless_all(repo_factory) -> None:

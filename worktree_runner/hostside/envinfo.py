@@ -127,17 +127,22 @@ def gpus(info, visible):
     info["driver"] = ", ".join(sorted(drivers)) or None
 
 
-def code(info, worktree, run_id, name):
+def code(info, worktree):
     info["commit"] = run(["git", "rev-parse", "HEAD"], cwd=worktree)
     changes = run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=worktree)
     info["dirty"] = bool(changes)
+    # The uncommitted changes as a commit (like `git stash create`), kept under a ref per
+    # worker (below) so the exact code can be recovered and diffed later.
+    info["stash"] = run(["git", "stash", "create", "wt-run snapshot"],
+                        cwd=worktree) if changes else None
+
+
+def snapshot(info, worktree, run_id, name):
+    sha = info.pop("stash", None)
     info["snapshot"] = None
-    if changes:
-        # The uncommitted changes as a commit (like `git stash create`), kept under a ref so
-        # the exact code can be recovered and diffed later.
-        sha = run(["git", "stash", "create", "wt-run snapshot"], cwd=worktree)
+    if sha:
         ref = "refs/wt-run/snapshots/%s/%s" % (run_id, name)
-        if sha and run(["git", "update-ref", ref, sha], cwd=worktree) is not None:
+        if run(["git", "update-ref", ref, sha], cwd=worktree) is not None:
             info["snapshot"] = sha
             info["snapshot_ref"] = ref
 
@@ -168,24 +173,41 @@ def data(info, path):
     info["data_fingerprint"] = h.hexdigest()[:16]
 
 
-def record(out_path, meta, visible_gpus):
-    """Write the environment record; never raises (a worker must start regardless)."""
+def record(out_path, meta, visible_gpus, cache=None):
+    """Write the environment record; never raises (a worker must start regardless).
+
+    `cache` (a dict) lets one process record many workers of a launch: what depends only on
+    the worktree, its interpreter, the visible GPUs or the dataset is looked at once."""
     worktree = meta.get("worktree") or os.getcwd()
     info = {"host": os.uname().nodename}
-    steps = [
-        ("python", lambda: info.update(zip(("site", "python"), worker_python(worktree)))),
-        ("packages", lambda: packages(info, info.pop("site", []))),
-        ("gpus", lambda: gpus(info, visible_gpus)),
-        ("code", lambda: code(info, worktree, meta.get("run", "run"),
-                              meta.get("name", "worker"))),
-        ("data", lambda: data(info, meta.get("data"))),
-    ]
-    for label, step in steps:
-        try:
-            step()
-        except Exception as exc:
-            info.setdefault("errors", []).append("%s: %s" % (label, exc))
-    info.pop("site", None)
+    memo = {} if cache is None else cache
+
+    def once(key, step):
+        if key not in memo:
+            part = {}
+            try:
+                step(part)
+            except Exception as exc:
+                part.setdefault("errors", []).append("%s: %s" % (key[0], exc))
+            memo[key] = part
+        for k, v in memo[key].items():
+            if k == "errors":
+                info.setdefault("errors", []).extend(v)
+            else:
+                info[k] = v
+
+    def python_and_packages(part):
+        dirs, part["python"] = worker_python(worktree)
+        packages(part, dirs)
+
+    once(("python", worktree), python_and_packages)
+    once(("gpus", visible_gpus), lambda part: gpus(part, visible_gpus))
+    once(("code", worktree), lambda part: code(part, worktree))
+    try:
+        snapshot(info, worktree, meta.get("run", "run"), meta.get("name", "worker"))
+    except Exception as exc:
+        info.setdefault("errors", []).append("snapshot: %s" % exc)
+    once(("data", meta.get("data")), lambda part: data(part, meta.get("data")))
     try:
         tmp = out_path + ".tmp"
         with open(tmp, "w") as fh:

@@ -80,7 +80,9 @@ def is_cmd_shell(pid):
     return len(argv) > 1 and argv[1] == os.path.join(WORKER_DIR, "cmd.sh").encode()
 
 
-def main():
+def main(recorder=None):
+    """Run the worker of WORKER_DIR. `recorder`: (pid, start ticks) of the launch's process
+    that writes this worker's environment record; None: record it here, in a child."""
     try:
         os.setsid()  # a group of our own (already ours when started by setsid)
     except OSError:
@@ -128,32 +130,23 @@ def main():
     state["child"] = child
     if state["forwarded"]:
         os.kill(child, signal.SIGTERM)
-    recorder = os.fork()
-    if recorder == 0:
-        # The environment record, beside the command at the lowest CPU priority: it never
-        # slows the command (or a launch starting many workers) down. Where the kernel groups
-        # processes by session (autogroup), nice only ranks a session's own processes: the
-        # record gets a session of its own and lowers that session's weight too.
-        try:
-            lowest_priority()
-            record_env()
-        finally:
-            os._exit(0)
+    if recorder is None:
+        pid = os.fork()
+        if pid == 0:
+            # The environment record, beside the command at the lowest CPU priority.
+            try:
+                lowest_priority()
+                record_env()
+            finally:
+                os._exit(0)
+        recorder = (pid, None)
     _, status = os.waitpid(child, 0)  # retried after a signal handler ran (PEP 475)
     if os.WIFSIGNALED(status):
         how, value = "signal", os.WTERMSIG(status)
     else:
         how, value = "exit", os.WEXITSTATUS(status)
-
-    # The record finishes before the clean-up below could end it (bounded: 10 s at most).
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            if os.waitpid(recorder, os.WNOHANG)[0]:
-                break
-        except ChildProcessError:
-            break
-        time.sleep(0.01)
+    # The record is there before the exit record (bounded: 10 s at most).
+    await_record(*recorder)
 
     # Whatever the command left in the group (data loader workers, `sh -c` children) would
     # keep memory and GPUs busy: end it, as Slurm does at the end of a step.
@@ -182,7 +175,36 @@ def main():
     return 128 + value if how == "signal" else value
 
 
+def await_record(pid, ticks):
+    """Wait until the recorder has ended (its pid gone, reaped, a zombie or reused) or
+    written env.json, 10 s at most."""
+    path = os.path.join(WORKER_DIR, "env.json")
+    deadline = time.time() + 10
+    while time.time() < deadline and not os.path.exists(path):
+        if ticks is None:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    return
+            except ChildProcessError:
+                return
+        else:
+            try:
+                fields = stat_fields(pid)
+            except OSError:
+                return
+            if fields[0] == b"Z" or fields[19] != ticks:
+                return
+        time.sleep(0.02)
+    if ticks is None:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
 def lowest_priority():
+    """Lowest CPU priority. Where the kernel groups processes by session (autogroup), nice
+    only ranks a session's own processes: take a session of our own and lower its weight."""
     try:
         os.setsid()
     except OSError:
@@ -267,7 +289,7 @@ def unescape(text):
     return "".join(out)
 
 
-def record_env():
+def record_env(cache=None):
     """env.json: what the worker runs with (envinfo.py beside this file), as its command
     starts; skipped when the host program is missing (an older install)."""
     try:
@@ -290,7 +312,7 @@ def record_env():
             visible = fh.read().split()[0]
     except (OSError, IndexError):
         pass
-    envinfo.record(os.path.join(WORKER_DIR, "env.json"), meta, visible)
+    envinfo.record(os.path.join(WORKER_DIR, "env.json"), meta, visible, cache)
 
 
 def read_meta():
@@ -363,6 +385,29 @@ def spawn_all(grace, pairs):
     starting an interpreter per worker). Prints `started INDEX PID` and writes each `spawn`
     file by rename, as the shell launcher did."""
     global WORKER_DIR, GRACE, ME
+    sys.stdout.flush()
+    # One process records every worker's environment, one after the other at the lowest
+    # priority, looking at what they share (worktree, interpreter, dataset) once.
+    recorder = os.fork()
+    if recorder == 0:
+        try:
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            lowest_priority()
+            cache = {}
+            for directory in pairs[1::2]:
+                WORKER_DIR = directory
+                try:
+                    record_env(cache)
+                except Exception:
+                    pass
+        finally:
+            os._exit(0)
+    try:
+        handle = (recorder, stat_fields(recorder)[19])
+    except (OSError, IndexError):
+        handle = (recorder, b"gone")
     for index, directory in zip(pairs[::2], pairs[1::2]):
         sys.stdout.flush()
         try:
@@ -385,7 +430,7 @@ def spawn_all(grace, pairs):
                 WORKER_DIR, GRACE, ME = directory, float(grace), os.getpid()
                 sys.stdout = os.fdopen(1, "w")
                 sys.stderr = os.fdopen(2, "w")
-                code = main()
+                code = main(handle)
             except BaseException as exc:
                 print("wt-run wrapper: %r" % (exc,), file=sys.stderr, flush=True)
             finally:

@@ -108,14 +108,15 @@ def listing_spec(records: Sequence[WorkerRecord], patterns: Sequence[str],
 
 
 def listing_script(python: str, spec: Mapping[str, Any]) -> str:
-    """A sh script that runs the lister with the host's python, the code on a quoted heredoc
-    (nothing in it is expanded) and the spec as one quoted argument."""
+    """A sh script that runs the lister with the host's python (`-S`: stdlib only, no
+    site-packages to import), the code on a quoted heredoc (nothing in it is expanded) and the
+    spec as one quoted argument."""
     source = lister_source()
     marker = "WT_RUN_COLLECT_LISTER_EOF"
     assert marker not in source
     return (f"command -v {shlex.quote(python)} >/dev/null 2>&1 || "
             f"{{ echo 'python not found: {python}' >&2; exit 127; }}\n"
-            f"exec {shlex.quote(python)} - {shlex.quote(json.dumps(spec))} <<'{marker}'\n"
+            f"exec {shlex.quote(python)} -S - {shlex.quote(json.dumps(spec))} <<'{marker}'\n"
             f"{source}\n{marker}\n")
 
 

@@ -20,7 +20,8 @@ How a worker is collected:
    inode, size, mtime and ctime avoids re-hashing): an unchanged collect moves no data.
 3. Other files are copied into `.collect/incoming/` (`collect_transfer.py`): rsync over the
    host's OpenSSH settings, SFTP where the host lacks rsync, a plain copy on this machine.
-   Copies resume where an interrupted collect stopped.
+   Copies resume where an interrupted collect stopped. A first collect connects and starts
+   its first rsync while the host lists; each later rsync starts while the one before copies.
 4. Each copy is checked: the listed size and mtime (otherwise the file changed during the
    collect and is skipped until next time) and the sha256 the host computed (otherwise: an
    error, retried once). Copies are hashed here as soon as each is complete, while the next

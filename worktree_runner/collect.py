@@ -20,7 +20,8 @@ How a worker is collected:
    inode, size, mtime and ctime avoids re-hashing): an unchanged collect moves no data.
 3. Other files are copied into `.collect/incoming/` (`collect_transfer.py`): rsync over the
    host's OpenSSH settings, SFTP where the host lacks rsync, a plain copy on this machine.
-   Copies resume where an interrupted collect stopped.
+   Copies resume where an interrupted collect stopped. A first collect connects and starts
+   its first rsync while the host lists; each later rsync starts while the one before copies.
 4. Each copy is checked: the listed size and mtime (otherwise the file changed during the
    collect and is skipped until next time) and the sha256 the host computed (otherwise: an
    error, retried once). Copies are hashed here as soon as each is complete, while the next
@@ -108,14 +109,15 @@ def listing_spec(records: Sequence[WorkerRecord], patterns: Sequence[str],
 
 
 def listing_script(python: str, spec: Mapping[str, Any]) -> str:
-    """A sh script that runs the lister with the host's python, the code on a quoted heredoc
-    (nothing in it is expanded) and the spec as one quoted argument."""
+    """A sh script that runs the lister with the host's python (`-S`: stdlib only, no
+    site-packages to import), the code on a quoted heredoc (nothing in it is expanded) and the
+    spec as one quoted argument."""
     source = lister_source()
     marker = "WT_RUN_COLLECT_LISTER_EOF"
     assert marker not in source
     return (f"command -v {shlex.quote(python)} >/dev/null 2>&1 || "
             f"{{ echo 'python not found: {python}' >&2; exit 127; }}\n"
-            f"exec {shlex.quote(python)} - {shlex.quote(json.dumps(spec))} <<'{marker}'\n"
+            f"exec {shlex.quote(python)} -S - {shlex.quote(json.dumps(spec))} <<'{marker}'\n"
             f"{source}\n{marker}\n")
 
 
@@ -189,10 +191,12 @@ def plan_worker(rec: WorkerRecord, dest: Path, listing: WorkerListing, state: st
     return plan
 
 
-def transfer_worker(plan: WorkerPlan, transport: Transport, observer: CollectObserver
+def transfer_worker(plan: WorkerPlan, transport: Transport, observer: CollectObserver,
+                    then: tuple[str, Path] | None = None
                     ) -> tuple[TransferResult, list[str], list[Skipped]]:
     """Copy what is missing into staging, verify, move into place. Returns what moved, the
-    errors and the files skipped because they changed or vanished during the copy."""
+    errors and the files skipped because they changed or vanished during the copy. `then`:
+    the (root, staging) the next transfer reads, started ahead (`Transport.prepare`)."""
     files = nbytes = 0
     errors: list[str] = []
     changed: list[Skipped] = []
@@ -202,8 +206,12 @@ def transfer_worker(plan: WorkerPlan, transport: Transport, observer: CollectObs
             break
         observer.planned(len(pending), sum(f.size for f in pending))
         gone: dict[tuple[str, str], str] = {}
+        groups = list(_by_root(pending))
+        ahead = [(_source_root(plan, root), plan.staging / root) for root, _ in groups[1:]]
         with StagedHasher([(plan.staging / f.root / f.rel, f) for f in pending]) as hasher:
-            for root, group in _by_root(pending):
+            for (root, group), upcoming in zip(groups, [*ahead, then]):
+                if upcoming is not None and attempt == 1:
+                    transport.prepare(*upcoming)
                 moved = transport.fetch(_source_root(plan, root), [f.rel for f in group],
                                         plan.staging / root, {f.rel: f.size for f in group},
                                         observer)
@@ -224,6 +232,14 @@ def transfer_worker(plan: WorkerPlan, transport: Transport, observer: CollectObs
         pending = retry
     plan.index.save()
     return TransferResult(files, nbytes), errors, changed
+
+
+def first_read(plan: WorkerPlan | None) -> tuple[str, Path] | None:
+    """The (root on the host, staging dir) a plan's transfer reads first, if it has one."""
+    if plan is None or not plan.fetch:
+        return None
+    root = next(_by_root(plan.fetch))[0]
+    return _source_root(plan, root), plan.staging / root
 
 
 def _by_root(files: Iterable[RemoteFile]) -> Iterator[tuple[str, list[RemoteFile]]]:
@@ -320,26 +336,33 @@ def _collect_host(config: Config, store: RunStore, run_id: str, host_name: str,
         states = _states(config, host_name, recs, observe_host)
         running = {r.name: not WorkerState(states[r.name]).terminal for r in recs}
         transport: Transport | None = None
-        if (wanted in ("auto", "rsync") and rsync_here(host)
-                and any(not (root / r.name / BOOKKEEPING / "index.json").exists()
-                        for r in recs)):
-            # A first collect will fetch: connect for rsync while the host lists and hashes.
+        first = next((r for r in recs
+                      if not (root / r.name / BOOKKEEPING / "index.json").exists()), None)
+        if wanted in ("auto", "rsync") and rsync_here(host) and first is not None:
+            # A first collect will fetch: connect for rsync, and start the rsync of the
+            # first worker's files, while the host lists and hashes.
             transport = RsyncTransport(host)
             transport.connect_early()
+            transport.prepare(first.worker_dir, root / first.name / BOOKKEEPING / "incoming"
+                              / "worker")
         out: list[WorkerCollect] = []
         try:
             listing = list_host(config, host, recs, running)
             if transport is not None and not listing.has_rsync:
                 transport.close()  # the host has no rsync: SFTP, or the error that says so
                 transport = None
+            plans = []
             for rec in recs:
                 wl = listing.workers[rec.name]
                 observer.listed(rec.name, host, wl)
-                plan = plan_worker(rec, root / rec.name, wl, states[rec.name],
-                                   running[rec.name])
-                if plan.fetch and transport is None:
-                    transport = choose_transport(host, listing.has_rsync, wanted)
-                out.append(_finish_worker(store, run_id, plan, transport, observer))
+                plans.append(plan_worker(rec, root / rec.name, wl, states[rec.name],
+                                         running[rec.name]))
+            if transport is None and any(p.fetch for p in plans):
+                transport = choose_transport(host, listing.has_rsync, wanted)
+            for i, plan in enumerate(plans):
+                later = next((p for p in plans[i + 1:] if p.fetch), None)
+                out.append(_finish_worker(store, run_id, plan, transport, observer,
+                                          first_read(later)))
         finally:
             if transport is not None:
                 transport.close()
@@ -360,12 +383,12 @@ def _states(config: Config, host_name: str, recs: Sequence[WorkerRecord],
 
 
 def _finish_worker(store: RunStore, run_id: str, plan: WorkerPlan, transport: Transport | None,
-                   observer: CollectObserver) -> WorkerCollect:
+                   observer: CollectObserver, then: tuple[str, Path] | None) -> WorkerCollect:
     moved, errors, changed = TransferResult(), [], []
     used = transport if plan.fetch else None
     if used is not None:
         try:
-            moved, errors, changed = transfer_worker(plan, used, observer)
+            moved, errors, changed = transfer_worker(plan, used, observer, then)
         except WtRunError as exc:
             errors = [str(exc)]
     else:

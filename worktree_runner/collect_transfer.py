@@ -5,7 +5,12 @@ checks every staged copy against the sha256 the host computed.
 
 Why rsync and not a sender of wt-run's own: measured with `scripts/bench_collect.py` (every
 contender with the same ssh options and cipher), a custom stream over OpenSSH was no faster
-than rsync, so rsync does the bulk work and wt-run only lists, hashes and checks."""
+than rsync, so rsync does the bulk work and wt-run only lists, hashes and checks. Measured
+again over the same loopback sshd: a host-side python sender that hashes each file as it
+streams it, into a receiver that hashes as it writes, took as long as rsync without the
+hashing and 10-27% longer with it: the sha256 on both ends, not the transport, is the cost.
+What rsync leaves is latency: each rsync is started ahead (`prepare`), so its SSH session,
+the host's login shell and its rsync start while the host lists or other files copy."""
 
 from __future__ import annotations
 
@@ -54,6 +59,9 @@ class Transport(ABC):
 
     def connect_early(self) -> None:  # noqa: B027 - optional hook
         """Start connecting now, while the host lists and hashes its files."""
+
+    def prepare(self, root: str, staging: Path) -> None:  # noqa: B027 - optional hook
+        """A `fetch` from `root` into `staging` will follow: start what can start already."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
@@ -159,9 +167,10 @@ class OpenSSHMaster:
         self._early.start()
 
     def ready(self) -> None:
-        if self._early is not None:
-            self._early.join()
-            self._early = None
+        """Wait for the early connection, if any (from any thread)."""
+        early = self._early
+        if early is not None:
+            early.join()
 
     def close(self) -> None:
         self.ready()
@@ -178,15 +187,63 @@ _XFERRED = re.compile(r"^Number of regular files transferred: ([\d,]+)", re.MULT
 _GONE = re.compile(r'(?:file has vanished: "(.+)"|link_stat "(.+)" failed: No such file)')
 
 
+class _Rsync:
+    """One started rsync that reads its file list on stdin: the host's rsync is started (an
+    SSH session, a login shell) before the list is known."""
+
+    def __init__(self, argv: list[str]) -> None:
+        # stderr to a file, not a pipe: the backgrounded ControlMaster inherits it and would
+        # hold a pipe open long after rsync ended.
+        self.err_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by run or stop
+        # Its own process group, so that an interrupt reaches rsync's receiver too.
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.err_file, start_new_session=True)
+
+    def run(self, rels: Sequence[str], observer: CollectObserver) -> tuple[int, str, str]:
+        """Send the list, follow the progress; (exit code, stats, stderr)."""
+        proc = self.proc
+        assert proc.stdin and proc.stdout
+        try:
+            with contextlib.suppress(BrokenPipeError):  # it ended early: its code says why
+                proc.stdin.write(b"".join(r.encode() + b"\0" for r in rels))
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+            out = _follow_progress(proc.stdout, observer)
+            code = proc.wait()
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            proc.stdout.close()
+        self.err_file.seek(0)
+        err = self.err_file.read().decode(errors="replace")
+        self.err_file.close()
+        return code, out, err
+
+    def stop(self) -> None:
+        # TERM, not KILL, to the receiver as well: it keeps what it has of the current file
+        # in the partial dir for the next collect to resume from.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait()
+        for fh in (self.proc.stdin, self.proc.stdout, self.err_file):
+            with contextlib.suppress(OSError):
+                fh.close()  # type: ignore[union-attr]
+
+
 class RsyncTransport(Transport):
     """rsync over the host's OpenSSH settings: only the listed files (never a symlink), their
     mtimes kept; an interrupted file waits in a partial dir (never under its own name), and
-    the next collect resumes from it."""
+    the next collect resumes from it. `prepare` starts the rsync of a later `fetch` ahead, so
+    starting the host's rsync (its SSH session and login shell) overlaps the listing or the
+    copy before it."""
 
     name = "rsync"
 
     def __init__(self, host: Host) -> None:
         self._master = OpenSSHMaster(host)
+        self._started: dict[tuple[str, Path], threading.Thread | _Rsync] = {}
+        self._lock = threading.Lock()
 
     def connect_early(self) -> None:
         self._master.connect_early()
@@ -198,32 +255,39 @@ class RsyncTransport(Transport):
                 "--no-motd", "--info=progress2", "--stats", "-e", ssh,
                 f"{self._master.destination}:{root.rstrip('/')}/", f"{staging}/"]
 
+    def prepare(self, root: str, staging: Path) -> None:
+        key = (root, staging)
+        if key in self._started:
+            return
+        staging.mkdir(parents=True, exist_ok=True)
+
+        def start() -> None:
+            self._master.ready()  # on the shared connection, once it is up
+            with self._lock, contextlib.suppress(OSError):  # fetch will say what failed
+                if self._started.get(key) is thread:
+                    self._started[key] = _Rsync(self.argv(root, staging))
+
+        thread = threading.Thread(target=start, name="collect-rsync-start", daemon=True)
+        self._started[key] = thread
+        thread.start()
+
+    def _claim(self, key: tuple[str, Path]) -> _Rsync | None:
+        """The rsync `prepare` started for `key`, once started (None if it could not be)."""
+        started = self._started.get(key)
+        if isinstance(started, threading.Thread):
+            started.join()
+        with self._lock:
+            started = self._started.pop(key, None)
+        return started if isinstance(started, _Rsync) else None
+
     def fetch(self, root: str, rels: Sequence[str], staging: Path, sizes: dict[str, int],
               observer: CollectObserver) -> TransferResult:
         staging.mkdir(parents=True, exist_ok=True)
-        self._master.ready()
-        # stderr to a file, not a pipe: the backgrounded ControlMaster inherits it and would
-        # hold a pipe open long after rsync ended.
-        with tempfile.TemporaryFile() as err_file:
-            # Its own process group, so that an interrupt reaches rsync's receiver too.
-            proc = subprocess.Popen(self.argv(root, staging), stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=err_file,
-                                    start_new_session=True)
-            assert proc.stdin and proc.stdout
-            try:
-                proc.stdin.write(b"".join(r.encode() + b"\0" for r in rels))
-                proc.stdin.close()
-                out = _follow_progress(proc.stdout, observer)
-                code = proc.wait()
-            except BaseException:
-                # TERM, not KILL, to the receiver as well: it keeps what it has of the
-                # current file in the partial dir for the next collect to resume from.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait()
-                raise
-            err_file.seek(0)
-            err = err_file.read().decode(errors="replace")
+        rsync = self._claim((root, staging))
+        if rsync is None:
+            self._master.ready()
+            rsync = _Rsync(self.argv(root, staging))
+        code, out, err = rsync.run(rels, observer)
         if code not in (0, 23, 24):  # 23/24: some files vanished or were unreadable
             raise WtRunError(f"rsync from {self._master.destination}:{root} exited {code}: "
                              f"{' | '.join(err.strip().splitlines()[-3:])}",
@@ -237,6 +301,10 @@ class RsyncTransport(Transport):
                                     if any(g.endswith(f"/{rel}") for g in gone)))
 
     def close(self) -> None:
+        for key in list(self._started):
+            rsync = self._claim(key)
+            if rsync is not None:
+                rsync.stop()  # prepared, never used: it still waits for its file list
         self._master.close()
 
 

@@ -17,6 +17,7 @@ from tests.servers.fixtures import sshd_server  # noqa: F401
 from tests.servers.sshd import SSHServer
 from worktree_runner import collect_transfer
 from worktree_runner import ssh as wt_ssh
+from worktree_runner.backends import open_host
 from worktree_runner.collect import CollectObserver, collect
 from worktree_runner.config import load_config
 from worktree_runner.runs import RunStore
@@ -25,21 +26,22 @@ pytestmark = pytest.mark.ssh
 
 
 def _remote_run(tmp_path: Path, server: SSHServer, monkeypatch: pytest.MonkeyPatch,
-                **vars_: object) -> tuple[Path, str]:
+                names: tuple[str, ...] = ("a",), **vars_: object) -> tuple[Path, str]:
     ssh_config = tmp_path / "ssh_config"
     ssh_config.write_text(server.ssh_config_entry("gpu"))
     monkeypatch.setenv("WT_RUN_SSH_CONFIG", str(ssh_config))
-    cfg = make_training_repo(tmp_path / "repo", {"a": {"quality": 0.7, **vars_}}, hosts={
+    cfg = make_training_repo(tmp_path / "repo", {n: {"quality": 0.7, **vars_} for n in names},
+                             hosts={
         "local": {"type": "local"},
         "gpu": {"type": "ssh", "address": "gpu", "root": str(tmp_path / "remote"),
                 "connect_timeout": 5, "command_timeout": 60}})
-    wt(cfg, "launch", "--branches", "a", "--host", "gpu", "--wait")
+    wt(cfg, "launch", "--branches", *names, "--host", "gpu", "--wait")
     wt_ssh.close_all()
     return cfg, latest_run(cfg)
 
 
-def _remote_files(cfg: Path, run: str) -> dict[str, bytes]:
-    rec = RunStore(cfg.parent / ".wt-run").load(run).workers["a"]
+def _remote_files(cfg: Path, run: str, name: str = "a") -> dict[str, bytes]:
+    rec = RunStore(cfg.parent / ".wt-run").load(run).workers[name]
     files = {f"out/{k}": v for k, v in tree(Path(rec.out)).items()}
     files["log"] = Path(rec.log).read_bytes()
     files["worktree/results/summary.txt"] = Path(
@@ -267,3 +269,71 @@ def test_ssh_file_removed_after_listing_is_skipped_not_an_error(
     assert w.ok and w.marked
     assert tree(tmp_path / "repo" / "results" / run / "a") | {"worker.json": b""} == (
         _remote_files(cfg, run) | {"worker.json": b""})
+
+
+class _Rsyncs:
+    """Records every rsync collect starts, and whether each `fetch` found its rsync started
+    ahead by `prepare`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.started: list[Any] = []
+        self.claims: list[tuple[str, bool]] = []
+        init, claim = collect_transfer._Rsync.__init__, collect_transfer.RsyncTransport._claim
+
+        def record_init(rsync: Any, argv: list[str]) -> None:
+            init(rsync, argv)
+            self.started.append(rsync)
+
+        def record_claim(transport: Any, key: tuple[str, Path]) -> Any:
+            got = claim(transport, key)
+            self.claims.append((Path(key[1]).name, got is not None))
+            return got
+
+        monkeypatch.setattr(collect_transfer._Rsync, "__init__", record_init)
+        monkeypatch.setattr(collect_transfer.RsyncTransport, "_claim", record_claim)
+
+
+def test_ssh_collect_starts_each_rsync_ahead(
+        tmp_path: Path, sshd_server: SSHServer,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch, names=("a", "b"))
+    rsyncs = _Rsyncs(monkeypatch)
+    before = sshd_server.connection_count()
+    report = collect(load_config(cfg), run=run)
+    assert report.ok and all(w.marked and w.transport == "rsync" for w in report.workers)
+    for name in ("a", "b"):
+        assert tree(tmp_path / "repo" / "results" / run / name) | {"worker.json": b""} == (
+            _remote_files(cfg, run, name) | {"worker.json": b""})
+    # Two workers, two roots each: every rsync was started ahead (the first one while the
+    # host listed), none cold, and each one ended.
+    assert [got for _, got in rsyncs.claims] == [True] * 4
+    assert sorted(root for root, _ in rsyncs.claims) == ["worker"] * 2 + ["worktree"] * 2
+    assert len(rsyncs.started) == 4
+    assert all(r.proc.returncode == 0 for r in rsyncs.started)
+    # Still the listing connection plus one shared OpenSSH connection.
+    assert sshd_server.wait_connection_count(before + 2) == before + 2
+
+
+def test_ssh_rsync_started_ahead_but_unused_is_stopped(
+        tmp_path: Path, sshd_server: SSHServer,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch)
+    rec = RunStore(cfg.parent / ".wt-run").load(run).workers["a"]
+    rsyncs = _Rsyncs(monkeypatch)
+    staging = tmp_path / "staging"
+    with open_host(load_config(cfg), "gpu") as host:
+        transport = collect_transfer.RsyncTransport(host)
+        transport.connect_early()
+        transport.prepare(rec.worker_dir, staging / "unused")
+        transport.prepare(rec.worker_dir, staging / "used")
+        moved = transport.fetch(rec.worker_dir, ["log"], staging / "used", {"log": 0},
+                                CollectObserver())
+        transport.close()
+    assert moved.files == 1
+    assert (staging / "used" / "log").read_bytes() == Path(rec.log).read_bytes()
+    assert rsyncs.claims[0] == ("used", True)
+    assert len(rsyncs.started) == 2
+    # The one never used waited for its file list and was stopped, having copied nothing.
+    unused = next(r for r in rsyncs.started if str(staging / "unused") in r.proc.args[-1])
+    assert unused.proc.returncode is not None
+    assert not any(p.is_file() for p in (staging / "unused").rglob("*"))

@@ -74,6 +74,7 @@ from .collect_transfer import (
 from .config import Config
 from .errors import HostUnreachable, WtRunError
 from .hosts import Host
+from .observe import find_python
 from .runs import RunStore, WorkerRecord, atomic_write_text, group_by_host
 from .states import WorkerState
 
@@ -108,13 +109,19 @@ def listing_spec(records: Sequence[WorkerRecord], patterns: Sequence[str],
     return {"workers": workers, "settle_s": SETTLE_S}
 
 
-def listing_script(python: str, spec: Mapping[str, Any]) -> str:
+def listing_script(python: str, spec: Mapping[str, Any], root: str | None = None) -> str:
     """A sh script that runs the lister with the host's python (`-S`: stdlib only, no
     site-packages to import), the code on a quoted heredoc (nothing in it is expanded) and the
     spec as one quoted argument."""
     source = lister_source()
     marker = "WT_RUN_COLLECT_LISTER_EOF"
     assert marker not in source
+    if root is not None and python == "python3":
+        # The default: the host's python3, through the interpreter status and launch
+        # remembered (no version-manager shim on every collect).
+        find = find_python(root).replace("exit 92", "exit 127")
+        return (f"{find}exec \"$PY\" -S - {shlex.quote(json.dumps(spec))} <<'{marker}'\n"
+                f"{source}\n{marker}\n")
     return (f"command -v {shlex.quote(python)} >/dev/null 2>&1 || "
             f"{{ echo 'python not found: {python}' >&2; exit 127; }}\n"
             f"exec {shlex.quote(python)} -S - {shlex.quote(json.dumps(spec))} <<'{marker}'\n"
@@ -131,7 +138,8 @@ def list_host(config: Config, host: Host, records: Sequence[WorkerRecord],
               running: Mapping[str, bool]) -> HostListing:
     """One round trip: every candidate file of every given worker on this host, hashed."""
     spec = listing_spec(records, config.collect, running)
-    result = host.run_script(listing_script(python_for(config, host), spec),
+    root = None if host.local else host.root
+    result = host.run_script(listing_script(python_for(config, host), spec, root),
                              timeout=_command_timeout(config, host))
     if result.exit_code == 127:
         raise WtRunError(f"host {host.name}: {result.stderr.strip()}",

@@ -22,11 +22,29 @@ FIND_PYTHON = ('PY=$(command -v python3 || command -v python) || '
                '{ echo "wt-run: no python3 on this host" >&2; exit 92; }\n')
 
 
+def find_python(root: str) -> str:
+    """Set PY to the host's python3 as FIND_PYTHON does, but remember the interpreter it
+    resolves to in `<root>/python.path`: a version manager's shim (pyenv) costs a fraction of
+    a second on every start, which status, launch and collect would pay every time. A
+    remembered interpreter that is gone is looked up again."""
+    cache = q(root + "/python.path")
+    return (f"PY=; [ -r {cache} ] && read -r PY < {cache}\n"
+            'if [ -z "$PY" ] || [ ! -x "$PY" ]; then\n'
+            f"  {FIND_PYTHON}"
+            "  R=$(\"$PY\" -S -c 'import sys; print(sys.executable)' 2>/dev/null)\n"
+            '  if [ -n "$R" ] && [ -x "$R" ]; then\n'
+            '    PY=$R\n'
+            f"    [ -d {q(root)} ] && {{ printf '%s\\n' \"$PY\" > {cache}.$$ && "
+            f"mv -f {cache}.$$ {cache}; }} 2>/dev/null\n"
+            "  fi\n"
+            "fi\n")
+
+
 def status_script(root: str, worker_dirs: Sequence[str]) -> str:
     """One script that reports every given worker directory plus host health, as one JSON
     line made by the probe (hostside/probe.py)."""
     dirs = " ".join(q(d) for d in worker_dirs)
-    return f"{FIND_PYTHON}\"$PY\" -S -c {q(PROBE)} {q(root)} {dirs}\n"
+    return f"{find_python(root)}\"$PY\" -S -c {q(PROBE)} {q(root)} {dirs}\n"
 
 
 class StatusOutputError(ValueError):

@@ -22,7 +22,7 @@ from typing import Any
 
 from .hosts import Host
 from .hostside import source
-from .observe import FIND_PYTHON
+from .observe import find_python
 from .templates import exec_line
 
 q = shlex.quote
@@ -127,7 +127,7 @@ def launch_script(root: str, specs: Sequence[LaunchSpec], grace: float = 10.0,
                   queue: QueueSettings | None = None) -> str:
     """One script that starts (or, on a host with a capacity, queues) every given worker,
     detached, in one round trip."""
-    parts = ["umask 077", FIND_PYTHON, install_wrapper_script(root),
+    parts = ["umask 077", find_python(root), install_wrapper_script(root),
              f"W={q(root + '/wrapper.py')}", f"G={float(grace)!r}", _LAUNCH_FN]
     if queue is None:
         # Every worker prepared, then one interpreter forks all their wrappers.
@@ -160,7 +160,7 @@ def _start_drainer(root: str) -> str:
 def resume_script(root: str) -> str:
     """Start the host's queue drainer (it exits at once when the queue is empty or another
     drainer runs): after a reboot, this gets queued workers going again."""
-    return (FIND_PYTHON + f"[ -f {q(root + '/drainer.py')} ] || exit 0\n"
+    return (find_python(root) + f"[ -f {q(root + '/drainer.py')} ] || exit 0\n"
             f"mkdir -p {q(root + '/queue')}\n" + _start_drainer(root)
             + f"n=0; for f in {q(root + '/queue/entries')}/*; do [ -e \"$f\" ] && n=$((n+1));"
             " done; echo \"waiting $n\"\n")

@@ -11,14 +11,16 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import git
+from typing import TYPE_CHECKING
 
 from .config import BranchConfig, Config
 from .errors import ConfigError, GitError, HostError
 from .hosts import CommandResult, Host
 from .repo_refs import Wanted, branch_commits
 from .runs import HostLayout
+
+if TYPE_CHECKING:
+    import git
 
 q = shlex.quote
 
@@ -273,6 +275,8 @@ def _branch_in_script(script: str, name: str) -> str:
 # ---------------------------------------------------------------------- removal
 
 def open_repo(config: Config) -> git.Repo:
+    import git  # GitPython costs a launch 0.15 s to import; only clean needs it
+
     try:
         return git.Repo(config.repo, expand_vars=False)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
@@ -315,6 +319,8 @@ def _real(path: Path) -> str:
 
 
 def _dirty(path: Path) -> bool:
+    import git
+
     return git.Repo(path, expand_vars=False).is_dirty(untracked_files=False)
 
 
@@ -353,6 +359,8 @@ def remove_worktree(config: Config, path: Path, force: bool) -> None:
         link = path / rel
         if link.is_symlink():
             link.unlink()  # never follow a shared link into the dataset
+    import git
+
     args = ["remove", "--force"] if force else ["remove"]
     try:
         repo.git.worktree(*args, "--", str(path))
@@ -368,6 +376,8 @@ def prune_worktrees(config: Config) -> None:
 
 def delete_branch(config: Config, branch: str, force: bool) -> str | None:
     """Delete a branch; without force git refuses unmerged ones. Returns why not, or None."""
+    import git
+
     repo = open_repo(config)
     try:
         repo.git.branch("-D" if force else "-d", "--", branch)

@@ -184,7 +184,10 @@ def load_config(explicit: str | os.PathLike[str] | None = None, cwd: Path | None
     """Find, parse and validate the configuration."""
     path = find_config(explicit, cwd)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # libyaml's loader where PyYAML has it: the same safe constructors, ten times faster
+        # on a config with many branches (status reads the config on every refresh).
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -154,19 +154,32 @@ def backgrounds(words: np.ndarray, channels: int, size: int) -> tuple[np.ndarray
     amp = _between(w[..., 3], 5.0, 25.0)
     grad = _between(w[..., 4], -40.0, 40.0)
     coords = (np.arange(size, dtype=np.float32) - np.float32((size - 1) / 2.0)) / size
-    # Each grating cos(fx x + fy y + p) = cos(fx x + p) cos(fy y) - sin(fx x + p) sin(fy y):
-    # a sum of two outer products of 1D waves, so only O(size) trigonometry per view.
-    shade = (grad[..., None, None] * coords[:, None]).astype(np.float32)  # (B, V, H, 1)
-    shade = np.broadcast_to(shade, (*w.shape[:2], size, size)).copy()
-    for g in (5, 8):
+    # Each grating cos(fx x + fy y + p) = cos(fx x + p) cos(fy y) - sin(fx x + p) sin(fy y),
+    # so a channel's texture (its level, the gradient and the two gratings) is a rank-5
+    # matrix: row factors (H, 5) times column factors (5, W), with only O(size)
+    # trigonometry per view. Each matrix product is computed on its own, so a view's
+    # texture does not depend on the batch it is in.
+    batch = w.shape[:2]
+    rows = np.empty((*batch, channels, size, 5), dtype=np.float32)
+    cols = np.empty((*batch, 5, size), dtype=np.float32)
+    rows[..., 0] = level[..., None] + (grad[..., None] * coords)[:, :, None]
+    cols[..., 0, :] = 1.0
+    for k, g in ((1, 5), (3, 8)):
         cycles = _between(w[..., g], 0.5, 5.0) * np.float32(2 * np.pi)
         angle = w[..., g + 1] * np.float32(np.pi)
         half = (0.5 * amp)[..., None]
         phase = (w[..., g + 2] * np.float32(2 * np.pi))[..., None]
         along_x = (cycles * np.cos(angle))[..., None] * coords + phase  # (B, V, W)
         along_y = (cycles * np.sin(angle))[..., None] * coords  # (B, V, H)
-        shade += (half * np.cos(along_x))[..., None, :] * np.cos(along_y)[..., :, None]
-        shade -= (half * np.sin(along_x))[..., None, :] * np.sin(along_y)[..., :, None]
+        rows[..., k] = np.cos(along_y)[:, :, None]
+        rows[..., k + 1] = -np.sin(along_y)[:, :, None]
+        cols[..., k, :] = half * np.cos(along_x)
+        cols[..., k + 1, :] = half * np.sin(along_x)
+    # One (C*H, 5) @ (5, W) product per view: its channels' rows stacked.
+    image = np.matmul(rows.reshape(*batch, channels * size, 5), cols)
+    image = image.reshape(*batch, channels, size, size)
+    np.clip(image, 0.0, MAX_LEVEL - NOISE_MAX, out=image)
+    texture = image.astype(np.uint8)
 
     present = w[..., 11] < 0.4
     pillar_w = np.rint(_between(w[..., 12], 0.10, 0.25) * size)
@@ -178,12 +191,9 @@ def backgrounds(words: np.ndarray, channels: int, size: int) -> tuple[np.ndarray
     in_x = (grid >= x0[..., None]) & (grid < x1[..., None])  # (B, V, W)
     in_y = grid >= y0[..., None]  # (B, V, H)
     inside = in_y[..., :, None] & in_x[..., None, :]  # (B, V, H, W)
-    image = np.empty((*w.shape[:2], channels, size, size), dtype=np.float32)
-    np.add(level[..., None, None], shade[:, :, None], out=image)
-    grey = _between(w[..., 15], 20.0, 200.0)[..., None, None, None]
-    np.copyto(image, grey, where=inside[:, :, None])
-    np.clip(image, 0.0, MAX_LEVEL - NOISE_MAX, out=image)
-    return image.astype(np.uint8), occluders
+    grey = np.minimum(_between(w[..., 15], 20.0, 200.0), MAX_LEVEL - NOISE_MAX)
+    np.copyto(texture, grey.astype(np.uint8)[..., None, None, None], where=inside[:, :, None])
+    return texture, occluders
 
 
 @functools.lru_cache(maxsize=4)

@@ -47,14 +47,16 @@ def _between(u: np.ndarray, low: float, high: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Splats:
-    """Blobs to blend into a batch of videos, one ``k x k`` window per (sample, view, frame).
-    ``corner (B, V*T)`` is the offset of a window's top-left pixel in channel 0 within its
-    sample's flattened ``shape`` video and ``window (C, k*k)`` the offsets of its pixels
-    from there. With the opacity ``alpha (k*k, B, V*T)`` in 1/256, ``keep = 256 - alpha``
-    and the colour ``level (C, 1, B, 1)``, a pixel becomes ``(pixel * keep + level * alpha)
-    >> 8``: uint16 arithmetic on a convex combination of values up to 255, so it never
-    overflows and fits (truncated) in uint8. The frame axes are innermost so every array
-    operation runs over long rows."""
+    """Blobs to blend into a batch of videos, one window of ``k`` rows of ``w`` words per
+    (sample, view, frame); a word is ``word`` bytes (2 when the frame width is even, so
+    windows start on even columns and half as many indices are gathered and scattered).
+    ``corner (B, V*T)`` is the word offset of a window's top-left pixel in channel 0 within
+    its sample's flattened ``shape`` video and ``window (C, k*w)`` the word offsets of its
+    words from there. With the opacity ``alpha (k*w, B, V*T*word)`` per byte in 1/256,
+    ``keep = 256 - alpha`` and the colour ``level (C, 1, B, 1)``, a pixel becomes
+    ``(pixel * keep + level * alpha) >> 8``: uint16 arithmetic on a convex combination of
+    values up to 255, so it never overflows and fits (truncated) in uint8. The frame axes
+    are innermost so every array operation runs over long rows."""
 
     corner: np.ndarray
     window: np.ndarray
@@ -62,6 +64,7 @@ class Splats:
     keep: np.ndarray
     level: np.ndarray
     shape: tuple[int, ...]  # one sample's video shape
+    word: int
 
     def draw(self, out: np.ndarray, start: int = 0) -> np.ndarray:
         """Blend samples ``start .. start + len(out)`` into the uint8 videos ``out``."""
@@ -69,17 +72,18 @@ class Splats:
         if out.shape[1:] != self.shape or out.dtype != np.uint8:
             raise ValueError(f"out must be uint8 (n, {self.shape}), got {out.dtype} {out.shape}")
         batch = slice(start, start + count)
-        base = np.arange(count, dtype=np.int64)[:, None] * math.prod(self.shape)
+        words = out.reshape(-1).view(f"u{self.word}")
+        base = np.arange(count, dtype=np.int64)[:, None] * (math.prod(self.shape) // self.word)
         corner = self.corner[batch] + base
         # One flat index array: the gather and the scatter each run as one inner loop. A
-        # window never holds a pixel twice, so the write order is irrelevant.
-        index = np.add(self.window[..., None, None], corner).reshape(-1)  # (C, kk, n, VT)
-        flat = out.reshape(-1)
-        pixels = flat.take(index).reshape(*self.window.shape, *corner.shape)
+        # window never holds a word twice, so the write order is irrelevant.
+        index = np.add(self.window[..., None, None], corner).reshape(-1)  # (C, k*w, n, V*T)
+        gathered = words.take(index)
+        pixels = gathered.view(np.uint8).reshape(*self.window.shape, count, -1)
         blended = np.multiply(pixels, self.keep[:, batch], dtype=np.uint16)
         blended += self.alpha[:, batch] * self.level[:, :, batch]
-        blended >>= np.uint16(8)
-        flat[index] = blended.astype(np.uint8).reshape(-1)
+        np.right_shift(blended, np.uint16(8), out=pixels, casting="unsafe")
+        words[index] = gathered
         return out
 
 
@@ -103,6 +107,8 @@ def splats(
     width = 2 * radius + 1
     if size < width:
         raise ValueError(f"frame size {size} is smaller than the splat ({width} px)")
+    word = 2 if size % 2 == 0 and size > width else 1
+    span = width + word - 1  # columns: the window starts on a word boundary
 
     u, v, depth = project(positions.astype(np.float32), intrinsics, extrinsics)  # (B, V, T)
     focal = intrinsics[:, :, 0, 0, None]
@@ -112,35 +118,50 @@ def splats(
 
     # The window is clamped inside the frame (values still come from the true centre), so
     # every pixel written is on screen; a blob far off screen evaluates to ~0 at the border.
-    offsets = np.arange(width, dtype=np.float32)[:, None, None, None]  # (k, 1, 1, 1)
+    # With 2-byte words it starts on the even column at or left of the centred one, and
+    # (the frame width being even) still ends inside the frame.
     col0 = np.clip(np.rint(u) - radius, 0, size - width)
+    col0 = np.floor(col0 / word) * word
     row0 = np.clip(np.rint(v) - radius, 0, size - width)
-    cols = col0 + offsets  # (k, B, V, T)
-    rows = row0 + offsets
+    cols = col0 + np.arange(span, dtype=np.float32)[:, None, None, None]  # (span, B, V, T)
+    rows = row0 + np.arange(width, dtype=np.float32)[:, None, None, None]  # (k, B, V, T)
     gx = np.exp((cols - u) ** 2 * inv_two_var)
     gy = np.exp((rows - v) ** 2 * inv_two_var)
     gy *= (depth > 0.1) * (peak.astype(np.float32) * 256)[:, None, None]  # behind: none
-    # Opacity in 1/256, truncated, rows first: gy x gx, less the same product over the
-    # pixels inside the occluder (identical there, so exactly zero).
     occ = occluders.astype(np.float32)  # (B, V, 4)
     gx_in = gx * ((cols >= occ[..., 0, None]) & (cols < occ[..., 1, None]))
     gy_in = gy * ((rows >= occ[..., 2, None]) & (rows < occ[..., 3, None]))
-    alpha = np.empty((width, width, batch, views, frames), dtype=np.uint16)
-    np.multiply(gy[:, None], gx[None, :], out=alpha, casting="unsafe")
+
+    def per_byte(g: np.ndarray, columns: bool) -> np.ndarray:
+        """``(rows or words, B*V*T, word)``: the factor of each byte of each word."""
+        lines = g.reshape(-1, word, batch * views * frames) if columns else g.reshape(width, 1, -1)
+        spread = np.empty((len(lines), batch * views * frames, word), dtype=np.float32)
+        for b in range(word):  # strided copies along the long axis (np.repeat is slower)
+            spread[..., b] = lines[:, b if columns else 0]
+        return spread
+
+    # Opacity in 1/256, truncated: gy x gx, less the same product over the pixels inside
+    # the occluder (identical there, so exactly zero).
+    alpha = np.empty((width, span // word, batch * views * frames, word), dtype=np.uint16)
+    np.multiply(per_byte(gy, False)[:, None], per_byte(gx, True)[None], out=alpha,
+                casting="unsafe")
     hidden = np.empty_like(alpha)
-    np.multiply(gy_in[:, None], gx_in[None, :], out=hidden, casting="unsafe")
+    np.multiply(per_byte(gy_in, False)[:, None], per_byte(gx_in, True)[None], out=hidden,
+                casting="unsafe")
     alpha -= hidden
-    alpha = alpha.reshape(width * width, batch, views * frames)
+    alpha = alpha.reshape(-1, batch, views * frames * word)
 
     plane = size * size
     shape = (views, frames, channels, size, size)
     frame_start = np.arange(views * frames, dtype=np.int64).reshape(views, frames)
     corner = frame_start * (channels * plane) + (row0 * size + col0).astype(np.int64)
     window = (np.arange(channels, dtype=np.int64)[:, None, None] * plane
-              + np.arange(width, dtype=np.int64)[:, None] * size + np.arange(width))
+              + np.arange(width, dtype=np.int64)[:, None] * size
+              + np.arange(0, span, word, dtype=np.int64))
     level = np.rint(colours.astype(np.float32) * MAX_LEVEL).astype(np.uint16)
-    return Splats(corner.reshape(batch, -1), window.reshape(channels, -1), alpha,
-                  np.subtract(np.uint16(256), alpha), level.T[:, None, :, None], shape)
+    return Splats(corner.reshape(batch, -1) // word, window.reshape(channels, -1) // word,
+                  alpha, np.subtract(np.uint16(256), alpha), level.T[:, None, :, None], shape,
+                  word)
 
 
 def backgrounds(words: np.ndarray, channels: int, size: int) -> tuple[np.ndarray, np.ndarray]:

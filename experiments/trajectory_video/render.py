@@ -32,6 +32,7 @@ NOISE_ROWS = 512  # frame planes of noise in the noise table, per noise level
 NOISE_LEVELS = 3  # noise up to 15, 7 or 3
 NOISE_MAX = 31
 BACKGROUND_WORDS = 16  # uniforms per view
+TEXTURE_BLOCK_BYTES = 256 << 10  # float texture computed at a time (stays in cache)
 
 
 def splat_radius(size: int, sigma: float) -> int:
@@ -196,11 +197,17 @@ def backgrounds(words: np.ndarray, channels: int, size: int) -> tuple[np.ndarray
         rows[..., k + 1] = -np.sin(along_y)[:, :, None]
         cols[..., k, :] = half * np.cos(along_x)
         cols[..., k + 1, :] = half * np.sin(along_x)
-    # One (C*H, 5) @ (5, W) product per view: its channels' rows stacked.
-    image = np.matmul(rows.reshape(*batch, channels * size, 5), cols)
-    image = image.reshape(*batch, channels, size, size)
-    np.clip(image, 0.0, MAX_LEVEL - NOISE_MAX, out=image)
-    texture = image.astype(np.uint8)
+    # One (C*H, 5) @ (5, W) product per view (its channels' rows stacked), a few samples at
+    # a time so the float texture stays in cache until it is clipped and converted.
+    rows = rows.reshape(*batch, channels * size, 5)
+    texture = np.empty((*batch, channels, size, size), dtype=np.uint8)
+    step = max(1, TEXTURE_BLOCK_BYTES // (4 * texture[0].size))
+    image = np.empty((min(step, len(texture)), batch[1], channels * size, size), np.float32)
+    for a in range(0, len(texture), step):
+        block = image[: len(texture[a : a + step])]
+        np.matmul(rows[a : a + step], cols[a : a + step], out=block)
+        np.clip(block, 0.0, MAX_LEVEL - NOISE_MAX, out=block)
+        texture[a : a + step] = block.reshape(texture[a : a + step].shape)
 
     present = w[..., 11] < 0.4
     pillar_w = np.rint(_between(w[..., 12], 0.10, 0.25) * size)

@@ -70,8 +70,9 @@ class Splats:
     def draw(self, out: np.ndarray, start: int = 0) -> np.ndarray:
         """Blend samples ``start .. start + len(out)`` into the uint8 videos ``out``."""
         count = len(out)
-        if out.shape[1:] != self.shape or out.dtype != np.uint8:
-            raise ValueError(f"out must be uint8 (n, {self.shape}), got {out.dtype} {out.shape}")
+        if out.shape[1:] != self.shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be C-contiguous uint8 (n, {self.shape}), got "
+                             f"{out.dtype} {out.shape}")
         batch = slice(start, start + count)
         words = out.reshape(-1).view(f"u{self.word}")
         base = np.arange(count, dtype=np.int64)[:, None] * (math.prod(self.shape) // self.word)
@@ -253,6 +254,8 @@ def frame_base(out: np.ndarray, table: np.ndarray, noise: np.ndarray,
     offset per sample) plus each view's ``background (n, V, C, H, W)``, in one pass."""
     views, frames = out.shape[1:3]
     span = math.prod(out.shape[1:])
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous: it is filled through reshaped views")
     if table.shape[1] < NOISE_ROWS * math.prod(out.shape[3:]) + span:
         raise ValueError(f"noise table rows of {table.shape[1]} bytes for samples of {span}")
     for i, (level, offset) in enumerate(noise.tolist()):

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.trajectory_video import render, trajectories
+from experiments.trajectory_video import heap, render, trajectories
 from experiments.trajectory_video.config import (
     CONFIG_DIR,
     ConfigError,
@@ -161,6 +161,7 @@ def generate_shard(cfg: DataConfig, root: str, index: int) -> int:
     """Render and publish shard ``index`` under ``root`` unless another process did while
     this one waited for the shard's lock; returns the number of samples rendered here."""
     path = Path(root)
+    heap.retain_freed_memory()  # this process renders: reuse its temporaries' memory
     with shard_lock(path, index):
         if shard_is_complete(path, index):
             return 0

@@ -41,8 +41,9 @@ from experiments.trajectory_video.config import DataConfig
 
 # Bumped whenever the same settings would give other bytes (2: Philox per-sample blocks
 # instead of one SeedSequence per sample; 3: backgrounds, distractors, occluders, noise,
-# per-sample camera poses), so a run never resumes another version's shards.
-FORMAT = "trajectory-video/3"
+# per-sample camera poses; 4: integer blob blending, contiguous runs of sensor noise),
+# so a run never resumes another version's shards.
+FORMAT = "trajectory-video/4"
 ARRAYS = ("video", "positions", "labels", "intrinsics", "extrinsics", "colours")
 GENERATE_HINT = "python -m experiments.trajectory_video.generate --out {dir}"
 

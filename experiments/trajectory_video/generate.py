@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.trajectory_video import render, trajectories
+from experiments.trajectory_video import heap, render, trajectories
 from experiments.trajectory_video.config import (
     CONFIG_DIR,
     ConfigError,
@@ -113,7 +113,8 @@ def video_chunks(cfg: DataConfig, params: Mapping[str, np.ndarray]) -> Iterator[
     group = chunk * max(1, SPLAT_BATCH // chunk)
     buffer = np.empty((chunk, cfg.cameras, cfg.frames, cfg.channels, cfg.size, cfg.size),
                       dtype=np.uint8)
-    table = render.noise_table(cfg.seed, cfg.channels * cfg.size * cfg.size)
+    table = render.noise_table(cfg.seed, cfg.channels * cfg.size * cfg.size,
+                               cfg.bytes_per_sample)
     for g in range(0, n, group):
         h = min(n, g + group)
         background, occluders = render.backgrounds(params["background"][g:h], cfg.channels,
@@ -122,7 +123,7 @@ def video_chunks(cfg: DataConfig, params: Mapping[str, np.ndarray]) -> Iterator[
         for a in range(0, h - g, chunk):
             m = min(chunk, h - g - a)
             view = buffer[:m]
-            render.frame_base(view, table, params["noise_rows"][g + a : g + a + m],
+            render.frame_base(view, table, params["noise"][g + a : g + a + m],
                               background[a : a + m])
             for layer in layers:
                 layer.draw(view, a)
@@ -160,6 +161,7 @@ def generate_shard(cfg: DataConfig, root: str, index: int) -> int:
     """Render and publish shard ``index`` under ``root`` unless another process did while
     this one waited for the shard's lock; returns the number of samples rendered here."""
     path = Path(root)
+    heap.retain_freed_memory()  # this process renders: reuse its temporaries' memory
     with shard_lock(path, index):
         if shard_is_complete(path, index):
             return 0

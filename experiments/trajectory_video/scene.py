@@ -72,8 +72,8 @@ def sample_params(cfg: DataConfig, start: int, stop: int) -> dict[str, np.ndarra
         # Bright (each channel 0.6-1 of the brightest level): above every background.
         "colours": _between(look[:, : cfg.channels], 0.6, 1.0).astype(np.float32),
         "sigma": _between(look[:, 3], *render.TARGET_SIGMA),
-        "noise_rows": render.noise_rows(look[:, 4], look[:, 5], look[:, 6],
-                                        cfg.cameras * cfg.frames),
+        "noise": render.noise_choice(look[:, 4], look[:, 5],
+                                     cfg.channels * cfg.size * cfg.size),
         "background": background[:, : cfg.cameras],
         # (n, DISTRACTORS, frames, 3): straight drifts, grey, 20-45% opaque.
         "distractors": (d_start[:, :, None] + d_move[:, :, None] * s[None, None, :, None])

@@ -133,9 +133,11 @@ def main(recorder=None):
     if recorder is None:
         pid = os.fork()
         if pid == 0:
-            # The environment record, beside the command at the lowest CPU priority.
+            # The environment record, beside the command at the lowest CPU priority within
+            # the worker's session: it yields to the command, and once the command has ended
+            # it has the session's share to itself (the wrapper waits for it).
             try:
-                lowest_priority()
+                os.nice(19)
                 record_env()
             finally:
                 os._exit(0)
@@ -202,19 +204,21 @@ def await_record(pid, ticks):
             pass
 
 
-def lowest_priority():
-    """Lowest CPU priority. Where the kernel groups processes by session (autogroup), nice
-    only ranks a session's own processes: take a session of our own and lower its weight."""
+def background_priority():
+    """A low CPU priority for the launch's recorder. Where the kernel groups processes by
+    session (autogroup), nice only ranks a session's own processes: take a session of our own
+    and give it a tenth of a normal session's weight (nice 10) -- little beside a launch, yet
+    enough to finish soon on a busy host, since quick workers wait for their record."""
     try:
         os.setsid()
     except OSError:
         pass
     try:
         with open("/proc/self/autogroup", "w") as fh:
-            fh.write("19")
+            fh.write("10")
     except OSError:
         pass
-    os.nice(19)
+    os.nice(10)
 
 
 def wake_queue():
@@ -386,7 +390,7 @@ def spawn_all(grace, pairs):
     file by rename, as the shell launcher did."""
     global WORKER_DIR, GRACE, ME
     sys.stdout.flush()
-    # One process records every worker's environment, one after the other at the lowest
+    # One process records every worker's environment, one after the other at a low
     # priority, looking at what they share (worktree, interpreter, dataset) once.
     recorder = os.fork()
     if recorder == 0:
@@ -394,7 +398,7 @@ def spawn_all(grace, pairs):
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(null, fd)
-            lowest_priority()
+            background_priority()
             cache = {}
             for directory in pairs[1::2]:
                 WORKER_DIR = directory

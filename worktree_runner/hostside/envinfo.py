@@ -128,8 +128,13 @@ def gpus(info, visible):
 
 
 def code(info, worktree):
-    info["commit"] = run(["git", "rev-parse", "HEAD"], cwd=worktree)
-    changes = run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=worktree)
+    # One git process for both the commit and the changes to tracked files.
+    out = run(["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+              cwd=worktree)
+    lines = (out or "").splitlines()
+    oid = [line[len("# branch.oid "):] for line in lines if line.startswith("# branch.oid ")]
+    info["commit"] = oid[0] if oid and oid[0] != "(initial)" else None
+    changes = [line for line in lines if line and not line.startswith("#")]
     info["dirty"] = bool(changes)
     # The uncommitted changes as a commit (like `git stash create`), kept under a ref per
     # worker (below) so the exact code can be recovered and diffed later.

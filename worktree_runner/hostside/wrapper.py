@@ -196,7 +196,7 @@ def await_record(pid, ticks):
                 return
             if fields[0] == b"Z" or fields[19] != ticks:
                 return
-        time.sleep(0.02)
+        time.sleep(0.005)
     if ticks is None:
         try:
             os.waitpid(pid, os.WNOHANG)
@@ -319,13 +319,21 @@ def record_env(cache=None):
     envinfo.record(os.path.join(WORKER_DIR, "env.json"), meta, visible, cache)
 
 
-def read_meta():
+def read_meta(key):
+    """meta.json, when it holds a value for `key` ({} otherwise): launch writes every key,
+    mostly as null, and the json module is only imported when there is something to read."""
+    try:
+        with open(os.path.join(WORKER_DIR, "meta.json")) as fh:
+            text = fh.read()
+    except OSError:
+        return {}
+    if '"%s": null' % key in text or '"%s"' % key not in text:
+        return {}
     import json
 
     try:
-        with open(os.path.join(WORKER_DIR, "meta.json")) as fh:
-            meta = json.load(fh)
-    except (OSError, ValueError):
+        meta = json.loads(text)
+    except ValueError:
         return {}
     return meta if isinstance(meta, dict) else {}
 
@@ -339,7 +347,7 @@ def retried(how, value, ooms_before, record):
     if os.path.exists(os.path.join(WORKER_DIR, "stop")) or not os.path.exists(drainer):
         return False
     reason = end_reason(how, value, ooms_before)
-    if reason is None or not may_retry(read_meta(), reason):
+    if reason is None or not may_retry(read_meta("retry"), reason):
         return False
     import subprocess
 
@@ -363,7 +371,7 @@ def retried(how, value, ooms_before, record):
 def notify(how, value, ooms_before):
     """Run the config's `notify` command on the host once the worker has ended for good; a
     failing notify never changes the worker's state."""
-    meta = read_meta()
+    meta = read_meta("notify")
     command = meta.get("notify")
     if not command:
         return

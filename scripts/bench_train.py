@@ -4,9 +4,11 @@
         [--extractors i3d slowfast transformer magvit] [--steps 30] [--set key=value ...]
 
 Each extractor trains ``--steps`` steps (one epoch capped by ``max_steps_per_epoch``) with
-the same loader the trainer uses; the table shows training clips/s and the fraction of
-step time spent blocked waiting for the next batch (goal: < 5%). Without ``--data`` a
-``configs/data_small.yaml`` dataset is generated into a temporary directory first.
+the same loader the trainer uses; the table shows training clips/s, the fraction of
+step time spent blocked waiting for the next batch (goal: < 5%), the mixed precision used
+(``--set amp=off`` to compare) and peak memory (CUDA: max allocated; CPU: process max
+RSS). Without ``--data`` a ``configs/data_small.yaml`` dataset is generated into a
+temporary directory first.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def main() -> int:
             generate.generate(cfg, data, workers="auto", quiet=True)
         print(f"# data {data}, config {args.config}, {args.steps} steps per extractor")
         print(f"{'extractor':>12} {'params':>9} {'MFLOPs/clip':>12} {'clips/s':>9} "
-              f"{'data wait':>10} {'device':>8}")
+              f"{'data wait':>10} {'amp':>5} {'peak MiB':>9} {'device':>8}")
         for name in args.extractors:
             out = scratch / name
             argv = ["--extractor", name, "--data", data, "--out", str(out), "--config",
@@ -61,7 +63,8 @@ def main() -> int:
             m = json.loads((out / "metrics.json").read_text())
             print(f"{name:>12} {m['param_count']:>9,} {m['flops_per_clip'] / 1e6:>12,.1f} "
                   f"{m['train_throughput_clips_per_s']:>9.1f} "
-                  f"{100 * m['data_wait_fraction']:>9.2f}% {m['device']:>8}")
+                  f"{100 * m['data_wait_fraction']:>9.2f}% {m['amp']:>5} "
+                  f"{m['peak_memory_bytes'] / 2**20:>9,.0f} {m['device']:>8}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0

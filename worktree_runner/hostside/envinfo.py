@@ -178,6 +178,40 @@ def data(info, path):
     info["data_fingerprint"] = h.hexdigest()[:16]
 
 
+def unescape(text):
+    """One line of env.ctx back to its value (`\\n` a newline, `\\\\` a backslash)."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text):
+            out.append("\n" if text[i + 1] == "n" else text[i + 1])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def record_worker(worker_dir, cache=None):
+    """The record of one worker directory: what to look at comes from its env.ctx (worktree,
+    data, run, name, GPUs; escaped lines), the GPU its queue chose from its `gpus` file."""
+    try:
+        with open(os.path.join(worker_dir, "env.ctx")) as fh:
+            lines = fh.read().split("\n")
+    except OSError:
+        return
+    values = [unescape(v) for v in lines[:5]]
+    if len(values) < 5 or not values[0]:
+        return
+    meta = dict(zip(("worktree", "data", "run", "name", "gpus"), values))
+    visible = meta.get("gpus") or None
+    try:
+        with open(os.path.join(worker_dir, "gpus")) as fh:
+            visible = fh.read().split()[0]
+    except (OSError, IndexError):
+        pass
+    record(os.path.join(worker_dir, "env.json"), meta, visible, cache)
+
+
 def record(out_path, meta, visible_gpus, cache=None):
     """Write the environment record; never raises (a worker must start regardless).
 

@@ -280,43 +280,15 @@ def may_retry(meta, reason):
     return reason in (retry.get("on") or []) and attempt <= int(retry.get("max") or 0)
 
 
-def unescape(text):
-    """One line of env.ctx back to its value (`\\n` a newline, `\\\\` a backslash)."""
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\" and i + 1 < len(text):
-            out.append("\n" if text[i + 1] == "n" else text[i + 1])
-            i += 2
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
-
-
 def record_env(cache=None):
-    """env.json: what the worker runs with (envinfo.py beside this file), as its command
-    starts; skipped when the host program is missing (an older install)."""
-    try:
-        with open(os.path.join(WORKER_DIR, "env.ctx")) as fh:
-            lines = fh.read().split("\n")
-    except OSError:
-        return
-    values = [unescape(v) for v in lines[:5]]
-    if len(values) < 5 or not values[0]:
-        return
-    meta = dict(zip(("worktree", "data", "run", "name", "gpus"), values))
+    """env.json: what the worker runs with (envinfo.py beside this file, from env.ctx), as
+    its command starts; skipped when the host program is missing (an older install)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     try:
         import envinfo
     except ImportError:
         return
-    visible = meta.get("gpus") or None
-    try:
-        with open(os.path.join(WORKER_DIR, "gpus")) as fh:
-            visible = fh.read().split()[0]
-    except (OSError, IndexError):
-        pass
-    envinfo.record(os.path.join(WORKER_DIR, "env.json"), meta, visible, cache)
+    envinfo.record_worker(WORKER_DIR, cache)
 
 
 def read_meta(key):

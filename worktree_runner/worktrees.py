@@ -33,18 +33,24 @@ SCRIPT_FNS = (
 )
 
 _WORKTREE_FNS = r"""
+NL='
+'
 LIST=$(git -C "$G" worktree list --porcelain 2>/dev/null)
 WTR=$(cd "$WT" 2>/dev/null && pwd -P) || WTR=$WT
+# Both read the listing taken above without starting a process per worktree.
 registered() {
-  printf '%s\n' "$LIST" | grep -qxF "worktree $1"
+  case "$NL$LIST$NL" in *"${NL}worktree $1$NL"*) return 0 ;; esac
+  return 1
 }
-holder_of() {
-  printf '%s\n' "$LIST" | while IFS= read -r line; do
+holder_of() {  # sets h: a worktree other than $2 that has branch $1 checked out
+  h=; w=; set -f; old_ifs=$IFS; IFS=$NL
+  for line in $LIST; do
     case $line in
       "worktree "*) w=${line#worktree } ;;
-      "branch refs/heads/$1") [ "$w" = "$2" ] || printf '%s\n' "$w" ;;
+      "branch refs/heads/$1") if [ "$w" != "$2" ]; then h=$w; break; fi ;;
     esac
   done
+  IFS=$old_ifs; set +f
 }
 wt_check() {
   p="$WT/$1"
@@ -59,7 +65,7 @@ wt_check() {
   elif [ -e "$p" ] || [ -L "$p" ]; then
     refuse not-worktree "$1"
   else
-    h=$(holder_of "$2" "$WTR/$1" | head -n 1)
+    holder_of "$2" "$WTR/$1"
     if [ -n "$h" ]; then refuse checked-out "$1" "$h"; fi
   fi
 }

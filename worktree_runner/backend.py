@@ -10,7 +10,6 @@ a host's type."""
 from __future__ import annotations
 
 import shlex
-import subprocess
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -212,16 +211,14 @@ class LocalBackend(ShellBackend):
         return [Checkout(path, commit) for path, commit in done]
 
     def prepare_repo(self, *, dry_run: bool) -> Checkout:
-        def git(*args: str) -> str:
-            return subprocess.run(["git", "-C", str(self.config.repo), *args],
-                                  capture_output=True, text=True, check=False).stdout.strip()
+        from .repo_refs import current_branch, git_out
 
         if not dry_run:
             from pathlib import Path
 
             Path(self.layout().data).mkdir(parents=True, exist_ok=True)
-        return Checkout(str(self.config.repo), git("rev-parse", "HEAD"),
-                        git("branch", "--show-current"))
+        head = git_out(self.config, "rev-parse", "HEAD", check=False).strip()
+        return Checkout(str(self.config.repo), head, current_branch(self.config))
 
     def setup(self, *, dry_run: bool) -> list[str]:
         raise ConfigError(f"host {self.name} is the local machine; setup is for remote hosts",

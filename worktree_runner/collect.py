@@ -74,7 +74,7 @@ from .collect_transfer import (
 from .config import Config
 from .errors import HostUnreachable, WtRunError
 from .hosts import Host
-from .observe import find_python
+from .observe import NO_PYTHON_EXIT, find_python
 from .runs import RunStore, WorkerRecord, atomic_write_text, group_by_host
 from .states import WorkerState
 
@@ -119,12 +119,12 @@ def listing_script(python: str, spec: Mapping[str, Any], root: str | None = None
     if root is not None and python == "python3":
         # The default: the host's python3, through the interpreter status and launch
         # remembered (no version-manager shim on every collect).
-        find = find_python(root).replace("exit 92", "exit 127")
-        return (f"{find}exec \"$PY\" -S - {shlex.quote(json.dumps(spec))} <<'{marker}'\n"
-                f"{source}\n{marker}\n")
-    return (f"command -v {shlex.quote(python)} >/dev/null 2>&1 || "
-            f"{{ echo 'python not found: {python}' >&2; exit 127; }}\n"
-            f"exec {shlex.quote(python)} -S - {shlex.quote(json.dumps(spec))} <<'{marker}'\n"
+        find, exe = find_python(root), '"$PY"'
+    else:
+        find = (f"command -v {shlex.quote(python)} >/dev/null 2>&1 || "
+                f"{{ echo 'python not found: {python}' >&2; exit 127; }}\n")
+        exe = shlex.quote(python)
+    return (f"{find}exec {exe} -S - {shlex.quote(json.dumps(spec))} <<'{marker}'\n"
             f"{source}\n{marker}\n")
 
 
@@ -141,7 +141,7 @@ def list_host(config: Config, host: Host, records: Sequence[WorkerRecord],
     root = None if host.local else host.root
     result = host.run_script(listing_script(python_for(config, host), spec, root),
                              timeout=_command_timeout(config, host))
-    if result.exit_code == 127:
+    if result.exit_code in (NO_PYTHON_EXIT, 127):
         raise WtRunError(f"host {host.name}: {result.stderr.strip()}",
                          f"install python3 there or set hosts.{host.name}.python")
     raw = json.loads(result.check().stdout)

@@ -18,8 +18,9 @@ from .states import NEVER_STARTED, HostHealth, Observation, WorkerState
 q = shlex.quote
 PROBE = source("probe")
 # The first python3 (or python) on the host's PATH; scripts fail with exit 92 without one.
+NO_PYTHON_EXIT = 92
 FIND_PYTHON = ('PY=$(command -v python3 || command -v python) || '
-               '{ echo "wt-run: no python3 on this host" >&2; exit 92; }\n')
+               f'{{ echo "wt-run: no python3 on this host" >&2; exit {NO_PYTHON_EXIT}; }}\n')
 
 
 def find_python(root: str) -> str:

@@ -4,6 +4,7 @@ stands for, and a ref that reaches it (bundles carry refs, not bare commits)."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import BranchConfig, Config
@@ -30,7 +31,7 @@ def git_out(config: Config, *args: str, check: bool = True) -> str:
     return proc.stdout if proc.returncode == 0 else ""
 
 
-def branch_commits(config: Config, branches: list[BranchConfig]) -> list[Wanted]:
+def branch_commits(config: Config, branches: Sequence[BranchConfig]) -> list[Wanted]:
     """Each branch's commit, in one git call; a branch that does not exist yet starts from
     `base`."""
     if not branches:

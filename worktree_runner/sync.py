@@ -40,9 +40,7 @@ q = shlex.quote
 
 REF_NAMESPACE = "refs/wt-run/"
 SETUP_TIMEOUT_S = 3600.0  # pip installs can take long; status/launch keep command_timeout
-EXIT_REFUSED = 3
-EXIT_NEED_FULL_BUNDLE = 4
-EXIT_FAILED = 5
+EXIT_NEED_FULL_BUNDLE = 4  # refuse/failed (worktrees.SCRIPT_FNS) exit 3 and 5
 
 # ---------------------------------------------------------------------- entry points
 
@@ -51,7 +49,7 @@ def prepare_remote_worktrees(config: Config, host: Host, branches: Sequence[Bran
                              ) -> list[tuple[BranchConfig, str, str]]:
     """Worktrees on a remote host for the branches' current commits: (branch, worktree path on
     the host, commit). Refuses, before changing anything, what a local launch refuses."""
-    wanted = branch_commits(config, list(branches))
+    wanted = branch_commits(config, branches)
     paths = HostLayout.remote(host.root, config.data)
     needed = [rel for rel in config.shared if rel.strip("/") != paths.data_rel]
     inventory = inventory_of(host, paths, [w.commit for w in wanted], needed)

@@ -157,7 +157,7 @@ def prepare_local_worktrees(config: Config, host: Host, paths: HostLayout,
     """Create or reuse a worktree per branch in the user's repository; (path, commit) each.
     All checks run before anything changes, so a refused launch leaves the repository as it
     was."""
-    wanted = branch_commits(config, list(branches))
+    wanted = branch_commits(config, branches)
     script = local_preamble(paths) + worktrees_script(
         paths, config.shared, branches, wanted, force=force, reset=False, dry_run=dry_run)
     result = host.run_script(script)
@@ -165,11 +165,6 @@ def prepare_local_worktrees(config: Config, host: Host, paths: HostLayout,
     commits = ok_lines(result.stdout)
     return [(paths.worktree(b.name), commits.get(b.name, "" if dry_run else w.commit))
             for b, w in zip(branches, wanted)]
-
-
-def worktree_path(config: Config, name: str) -> Path:
-    """A worktree's directory: `<worktrees>/<name>`; names are validated, so this stays inside."""
-    return config.worktrees / name
 
 
 # ---------------------------------------------------------------------- results

@@ -1,6 +1,7 @@
-# wt-run environment record, written as ENV.json just before a worker's command starts.
+# wt-run environment record, written as env.json as a worker's command starts.
 #
-# Imported by wrapper.py (no extra process): what else could make two results differ. The
+# Imported by wrapper.py's recorder process (one per launch, or one beside a queued or Slurm
+# worker): what else could make two results differ. The
 # worker's python is found as its cmd.sh finds it (the worktree's .venv, else `python` on
 # PATH); package versions come from the metadata folder names in its site-packages (a
 # listing: nothing is imported). Written by rename.

@@ -3,14 +3,14 @@
 #   ./scripts/test.sh            # whole suite
 #   ./scripts/test.sh -k ssh     # extra arguments go to pytest
 # As root on Debian/Ubuntu it installs the real servers the integration tests start
-# (OpenSSH sshd, Slurm + munge, rsync) and the browser the report test drives (chromium).
+# (OpenSSH sshd and its sftp client, Slurm + munge) and the browser the report test drives (chromium).
 # Without them those tests skip, except under CI=true, where they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 for pair in sshd:openssh-server ssh:openssh-client slurmctld:slurm-wlm slurmd:slurm-wlm \
-            munged:munge rsync:rsync git:git chromium:chromium; do
+            munged:munge sftp:openssh-client git:git chromium:chromium; do
   bin=${pair%%:*}; pkg=${pair#*:}
   if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then
     need_apt+=("$pkg")

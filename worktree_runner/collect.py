@@ -18,10 +18,11 @@ How a worker is collected:
    unchanged file is hashed there once) and says why anything else was skipped or refused.
 2. A file whose local copy already has the host's sha256 is left alone (a local index keyed by
    inode, size, mtime and ctime avoids re-hashing): an unchanged collect moves no data.
-3. Other files are copied into `.collect/incoming/` (`collect_transfer.py`): rsync over the
-   host's OpenSSH settings, SFTP where the host lacks rsync, a plain copy on this machine.
-   Copies resume where an interrupted collect stopped. A first collect connects and starts
-   its first rsync while the host lists; each later rsync starts while the one before copies.
+3. Other files are copied into `.collect/incoming/` (`collect_transfer.py`): OpenSSH's sftp
+   client over the host's own OpenSSH settings, SFTP on wt-run's connection where this
+   machine lacks the OpenSSH client, a plain copy on this machine. Copies resume where an
+   interrupted collect stopped. A first collect connects and starts its first sftp while the
+   host lists; each later sftp starts while the one before copies.
 4. Each copy is checked: the listed size and mtime (otherwise the file changed during the
    collect and is skipped until next time) and the sha256 the host computed (otherwise: an
    error, retried once). Copies are hashed here as soon as each is complete, while the next
@@ -65,11 +66,12 @@ from .collect_model import (
 from .collect_transfer import (
     TRANSPORT_ENV,
     TRANSPORTS,
-    RsyncTransport,
+    OpenSSHTransport,
     TransferResult,
     Transport,
     choose_transport,
-    rsync_here,
+    openssh_here,
+    sftp_session,
 )
 from .config import Config
 from .errors import HostUnreachable, WtRunError
@@ -128,14 +130,8 @@ def listing_script(python: str, spec: Mapping[str, Any], root: str | None = None
             f"{source}\n{marker}\n")
 
 
-@dataclass(frozen=True)
-class HostListing:
-    has_rsync: bool
-    workers: dict[str, WorkerListing]
-
-
 def list_host(config: Config, host: Host, records: Sequence[WorkerRecord],
-              running: Mapping[str, bool]) -> HostListing:
+              running: Mapping[str, bool]) -> dict[str, WorkerListing]:
     """One round trip: every candidate file of every given worker on this host, hashed."""
     spec = listing_spec(records, config.collect, running)
     root = None if host.local else host.root
@@ -152,7 +148,7 @@ def list_host(config: Config, host: Host, records: Sequence[WorkerRecord],
         skipped = tuple(Skipped(f"{k}:{r}" if k != "worker" else r, why)
                         for k, r, why in data["skipped"])
         listings[name] = WorkerListing(files, skipped)
-    return HostListing(bool(raw["rsync"]), listings)
+    return listings
 
 
 def _command_timeout(config: Config, host: Host) -> float | None:
@@ -346,27 +342,24 @@ def _collect_host(config: Config, store: RunStore, run_id: str, host_name: str,
         transport: Transport | None = None
         first = next((r for r in recs
                       if not (root / r.name / BOOKKEEPING / "index.json").exists()), None)
-        if wanted in ("auto", "rsync") and rsync_here(host) and first is not None:
-            # A first collect will fetch: connect for rsync, and start the rsync of the
+        if wanted in ("auto", "openssh") and openssh_here(host) and first is not None:
+            # A first collect will fetch: connect for OpenSSH, and start the sftp of the
             # first worker's files, while the host lists and hashes.
-            transport = RsyncTransport(host)
+            transport = OpenSSHTransport(host, lambda: sftp_session(host))
             transport.connect_early()
             transport.prepare(first.worker_dir, root / first.name / BOOKKEEPING / "incoming"
                               / "worker")
         out: list[WorkerCollect] = []
         try:
             listing = list_host(config, host, recs, running)
-            if transport is not None and not listing.has_rsync:
-                transport.close()  # the host has no rsync: SFTP, or the error that says so
-                transport = None
             plans = []
             for rec in recs:
-                wl = listing.workers[rec.name]
+                wl = listing[rec.name]
                 observer.listed(rec.name, host, wl)
                 plans.append(plan_worker(rec, root / rec.name, wl, states[rec.name],
                                          running[rec.name]))
             if transport is None and any(p.fetch for p in plans):
-                transport = choose_transport(host, listing.has_rsync, wanted)
+                transport = choose_transport(host, wanted)
             for i, plan in enumerate(plans):
                 later = next((p for p in plans[i + 1:] if p.fetch), None)
                 out.append(_finish_worker(store, run_id, plan, transport, observer,

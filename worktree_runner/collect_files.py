@@ -108,7 +108,7 @@ class LocalIndex:
 
 class StagedHasher:
     """Hashes staged copies, read back from disk, as soon as each is complete (its listed
-    size and mtime: rsync and the copies set the mtime last), while the next files are still
+    size and mtime: sftp and the copies set the mtime last), while the next files are still
     arriving, so verification does not re-read everything after the last byte. Results are
     keyed by what stat says (ctime and inode too), so a copy that changes afterwards is hashed
     again when it is verified."""

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import stat
 import sys
 import time
@@ -294,8 +293,7 @@ def main(argv):
     spec = json.loads(argv[1])
     now = time.time()
     workers = list_workers(spec["workers"], now, float(spec.get("settle_s", 2)))
-    sys.stdout.write(json.dumps({"now": now, "rsync": shutil.which("rsync") is not None,
-                                 "workers": workers}))
+    sys.stdout.write(json.dumps({"now": now, "workers": workers}))
     return 0
 
 

@@ -50,7 +50,7 @@ class WorkerCollect:
     files: int = 0  # files now verified locally
     bytes: int = 0
     transferred_files: int = 0
-    transferred_bytes: int = 0  # file data copied this time (rsync: literal data sent)
+    transferred_bytes: int = 0  # file data copied this time (a resumed file: the rest only)
     skipped: tuple[Skipped, ...] = ()
     errors: tuple[str, ...] = ()
     marked: bool = False  # marked collected in the manifest

@@ -1,5 +1,6 @@
 """`collect` from an SSH host (a real sshd on 127.0.0.1; the worker was launched there with
-`wt-run launch --host gpu --wait`), over rsync (the default) and SFTP: verified copies, an
+`wt-run launch --host gpu --wait`), over OpenSSH's sftp client (the default) and wt-run's own
+SFTP: verified copies, an
 unchanged collect that moves no data and opens one connection, corruption caught, interrupted
 transfers that resume, and a lost host checksum cache that costs no transfer."""
 
@@ -49,7 +50,7 @@ def _remote_files(cfg: Path, run: str, name: str = "a") -> dict[str, bytes]:
     return files
 
 
-@pytest.mark.parametrize("transport", ["rsync", "sftp"])
+@pytest.mark.parametrize("transport", ["openssh", "sftp"])
 def test_ssh_collect_verified_then_unchanged_collect_moves_nothing(
         tmp_path: Path, sshd_server: SSHServer, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
         transport: str) -> None:
@@ -63,7 +64,7 @@ def test_ssh_collect_verified_then_unchanged_collect_moves_nothing(
     remote = _remote_files(cfg, run)
     assert tree(dest) | {"worker.json": b""} == remote | {"worker.json": b""}
     assert w.transferred_files == len(remote)
-    # rsync: the listing connection plus one shared OpenSSH connection; SFTP: one.
+    # openssh: the listing connection plus one shared OpenSSH connection; SFTP: one.
     expected = before + (1 if transport == "sftp" else 2)
     assert sshd_server.wait_connection_count(expected) == expected
 
@@ -72,7 +73,7 @@ def test_ssh_collect_verified_then_unchanged_collect_moves_nothing(
     w = report.workers[0]
     assert (w.transferred_files, w.transferred_bytes, w.transport) == (0, 0, "none")
     assert w.ok and w.files == len(remote)
-    # The unchanged collect is one round trip on one connection: no rsync, no SFTP.
+    # The unchanged collect is one round trip on one connection: no file transfer.
     assert sshd_server.wait_connection_count(expected + 1) == expected + 1
 
 
@@ -81,7 +82,7 @@ def test_ssh_corruption_is_detected(tmp_path: Path, sshd_server: SSHServer,  # n
     cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch)
     rec = RunStore(cfg.parent / ".wt-run").load(run).workers["a"]
     ckpt = Path(rec.out) / "checkpoints" / "last.pt"
-    report = collect(load_config(cfg), run=run, transport="rsync", observer=_Tamper(ckpt))
+    report = collect(load_config(cfg), run=run, transport="openssh", observer=_Tamper(ckpt))
     w = report.workers[0]
     assert not w.ok and not w.marked
     assert any("checksum mismatch" in e for e in w.errors)
@@ -95,26 +96,25 @@ class _StopAfterFirstFile(CollectObserver):
         raise KeyboardInterrupt
 
 
-def test_ssh_interrupted_rsync_resumes(tmp_path: Path, sshd_server: SSHServer,  # noqa: F811
+def test_ssh_interrupted_transfer_resumes(tmp_path: Path, sshd_server: SSHServer,  # noqa: F811
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch, ckpts=6, ckpt_kib=4096)
     config = load_config(cfg)
     remote = _remote_files(cfg, run)
     with pytest.raises(KeyboardInterrupt):
-        collect(config, run=run, transport="rsync", observer=_StopAfterFirstFile())
+        collect(config, run=run, transport="openssh", observer=_StopAfterFirstFile())
     dest = tmp_path / "repo" / "results" / run / "a"
-    # Nothing reached a final path; what rsync finished waits in staging.
+    # Nothing reached a final path; what sftp finished waits in staging.
     assert not (dest / "out").exists() and not (dest / "log").exists()
     staging = dest / ".collect" / "incoming"
     staged = {f"{p.relative_to(staging / 'worker').as_posix()}" for p in
-              (staging / "worker").rglob("*") if p.is_file()
-              and ".rsync-partial" not in p.parts and not p.name.startswith(".")}
+              (staging / "worker").rglob("*") if p.is_file() and not p.name.startswith(".")}
     complete = {k for k in staged if k in remote and (staging / "worker" / k).read_bytes()
                 == remote[k]}
     assert complete and len(complete) < len(remote)  # the worktree root was never reached
 
     wt_ssh.close_all()
-    report = collect(config, run=run, transport="rsync")
+    report = collect(config, run=run, transport="openssh")
     w = report.workers[0]
     assert w.ok and w.marked
     assert tree(dest) | {"worker.json": b""} == remote | {"worker.json": b""}
@@ -123,9 +123,10 @@ def test_ssh_interrupted_rsync_resumes(tmp_path: Path, sshd_server: SSHServer,  
 
 
 class _FlipInTransit:
-    """Wraps rsync's fetch so that one byte in the middle of `name` arrives flipped (size and
-    mtime as on the host): what corruption in transit looks like. The damaged bytes are on
-    disk before verification reads them, so the check it exercises is deterministic."""
+    """Wraps the OpenSSH transport's fetch so that one byte in the middle of `name` arrives
+    flipped (size and mtime as on the host): what corruption in transit looks like. The
+    damaged bytes are on disk before verification reads them, so the check it exercises is
+    deterministic."""
 
     def __init__(self, fetch: Any, name: str) -> None:
         self.fetch = fetch
@@ -146,7 +147,7 @@ class _FlipInTransit:
                     os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
             return result
 
-        monkeypatch.setattr(collect_transfer.RsyncTransport, "fetch", fetch)
+        monkeypatch.setattr(collect_transfer.OpenSSHTransport, "fetch", fetch)
 
 
 def test_ssh_corrupted_copy_is_caught_and_never_placed(
@@ -155,17 +156,17 @@ def test_ssh_corrupted_copy_is_caught_and_never_placed(
     cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch, ckpt_kib=2048)
     rec = RunStore(cfg.parent / ".wt-run").load(run).workers["a"]
     dest = tmp_path / "repo" / "results" / run / "a"
-    flip = _FlipInTransit(collect_transfer.RsyncTransport.fetch, "last.pt")
+    flip = _FlipInTransit(collect_transfer.OpenSSHTransport.fetch, "last.pt")
     flip.install(monkeypatch)
-    report = collect(load_config(cfg), run=run, transport="rsync")
+    report = collect(load_config(cfg), run=run, transport="openssh")
     w = report.workers[0]
     assert flip.times == 2  # the first attempt and its retry
-    assert not w.ok and not w.marked and w.transport == "rsync"
+    assert not w.ok and not w.marked and w.transport == "openssh"
     assert any("checksum mismatch" in e and "last.pt" in e for e in w.errors)
     assert not (dest / "out" / "checkpoints" / "last.pt").exists()
     assert (dest / "log").exists()  # the other files were fine
 
-    monkeypatch.setattr(collect_transfer.RsyncTransport, "fetch", flip.fetch)
+    monkeypatch.setattr(collect_transfer.OpenSSHTransport, "fetch", flip.fetch)
     wt_ssh.close_all()
     report = collect(load_config(cfg), run=run)
     assert report.ok and report.workers[0].marked
@@ -190,25 +191,23 @@ def test_ssh_interrupted_collect_resumes_from_the_partial_file(
     cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch, ckpt_kib=6 * 1024)
     config = load_config(cfg)
     remote = _remote_files(cfg, run)
-    # Slowed to 2 MiB/s, so that the interrupt lands inside the checkpoint (rsync reports
-    # progress about once a second; over loopback it would send the file whole before).
-    argv = collect_transfer.RsyncTransport.argv
-    monkeypatch.setattr(collect_transfer.RsyncTransport, "argv",
-                        lambda self, *a: [*argv(self, *a)[:1], "--bwlimit=2048",
-                                          *argv(self, *a)[1:]])
+    # Slowed to 2 MiB/s, so that the interrupt lands inside the checkpoint (progress is read
+    # every 0.1 s; over loopback the file would arrive whole before).
+    argv = collect_transfer.OpenSSHTransport.argv
+    monkeypatch.setattr(collect_transfer.OpenSSHTransport, "argv",
+                        lambda self: [*argv(self)[:1], "-l", "16384", *argv(self)[1:]])
     with pytest.raises(KeyboardInterrupt):
         collect(config, run=run, observer=_InterruptAfter(2 << 20))
-    monkeypatch.setattr(collect_transfer.RsyncTransport, "argv", argv)
+    monkeypatch.setattr(collect_transfer.OpenSSHTransport, "argv", argv)
     dest = tmp_path / "repo" / "results" / run / "a"
-    partial = (dest / ".collect" / "incoming" / "worker" / "out" / "checkpoints"
-               / ".rsync-partial" / "last.pt")
+    partial = dest / ".collect" / "incoming" / "worker" / "out" / "checkpoints" / "last.pt"
     assert 0 < partial.stat().st_size < len(remote["out/checkpoints/last.pt"])
     assert not (dest / "out" / "checkpoints" / "last.pt").exists()
 
     wt_ssh.close_all()
     report = collect(config, run=run)
     w = report.workers[0]
-    assert w.ok and w.marked and w.transport == "rsync"
+    assert w.ok and w.marked and w.transport == "openssh"
     assert tree(dest) | {"worker.json": b""} == remote | {"worker.json": b""}
     # Resumed: the staged part of the checkpoint was not sent again.
     assert w.transferred_bytes <= sum(len(v) for v in remote.values()) - (1 << 20)
@@ -251,7 +250,7 @@ class _RemoveAfterListing(CollectObserver):
         self.path.unlink()
 
 
-@pytest.mark.parametrize("transport", ["rsync", "sftp"])
+@pytest.mark.parametrize("transport", ["openssh", "sftp"])
 def test_ssh_file_removed_after_listing_is_skipped_not_an_error(
         tmp_path: Path, sshd_server: SSHServer, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
         transport: str) -> None:
@@ -271,58 +270,58 @@ def test_ssh_file_removed_after_listing_is_skipped_not_an_error(
         _remote_files(cfg, run) | {"worker.json": b""})
 
 
-class _Rsyncs:
-    """Records every rsync collect starts, and whether each `fetch` found its rsync started
-    ahead by `prepare`."""
+class _Sftps:
+    """Records every sftp collect starts, and which one each `fetch` (or `close`) found
+    started ahead by `prepare`."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.started: list[Any] = []
-        self.claims: list[tuple[str, bool]] = []
-        init, claim = collect_transfer._Rsync.__init__, collect_transfer.RsyncTransport._claim
+        self.claims: list[tuple[str, Any]] = []
+        init, claim = collect_transfer._Sftp.__init__, collect_transfer.OpenSSHTransport._claim
 
-        def record_init(rsync: Any, argv: list[str]) -> None:
-            init(rsync, argv)
-            self.started.append(rsync)
+        def record_init(sftp: Any, argv: list[str]) -> None:
+            init(sftp, argv)
+            self.started.append(sftp)
 
         def record_claim(transport: Any, key: tuple[str, Path]) -> Any:
             got = claim(transport, key)
-            self.claims.append((Path(key[1]).name, got is not None))
+            self.claims.append((Path(key[1]).name, got))
             return got
 
-        monkeypatch.setattr(collect_transfer._Rsync, "__init__", record_init)
-        monkeypatch.setattr(collect_transfer.RsyncTransport, "_claim", record_claim)
+        monkeypatch.setattr(collect_transfer._Sftp, "__init__", record_init)
+        monkeypatch.setattr(collect_transfer.OpenSSHTransport, "_claim", record_claim)
 
 
-def test_ssh_collect_starts_each_rsync_ahead(
+def test_ssh_collect_starts_each_sftp_ahead(
         tmp_path: Path, sshd_server: SSHServer,  # noqa: F811
         monkeypatch: pytest.MonkeyPatch) -> None:
     cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch, names=("a", "b"))
-    rsyncs = _Rsyncs(monkeypatch)
+    sftps = _Sftps(monkeypatch)
     before = sshd_server.connection_count()
     report = collect(load_config(cfg), run=run)
-    assert report.ok and all(w.marked and w.transport == "rsync" for w in report.workers)
+    assert report.ok and all(w.marked and w.transport == "openssh" for w in report.workers)
     for name in ("a", "b"):
         assert tree(tmp_path / "repo" / "results" / run / name) | {"worker.json": b""} == (
             _remote_files(cfg, run, name) | {"worker.json": b""})
-    # Two workers, two roots each: every rsync was started ahead (the first one while the
+    # Two workers, two roots each: every sftp was started ahead (the first one while the
     # host listed), none cold, and each one ended.
-    assert [got for _, got in rsyncs.claims] == [True] * 4
-    assert sorted(root for root, _ in rsyncs.claims) == ["worker"] * 2 + ["worktree"] * 2
-    assert len(rsyncs.started) == 4
-    assert all(r.proc.returncode == 0 for r in rsyncs.started)
+    assert [got is not None for _, got in sftps.claims] == [True] * 4
+    assert sorted(root for root, _ in sftps.claims) == ["worker"] * 2 + ["worktree"] * 2
+    assert len(sftps.started) == 4
+    assert all(r.proc.returncode == 0 for r in sftps.started)
     # Still the listing connection plus one shared OpenSSH connection.
     assert sshd_server.wait_connection_count(before + 2) == before + 2
 
 
-def test_ssh_rsync_started_ahead_but_unused_is_stopped(
+def test_ssh_sftp_started_ahead_but_unused_is_stopped(
         tmp_path: Path, sshd_server: SSHServer,  # noqa: F811
         monkeypatch: pytest.MonkeyPatch) -> None:
     cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch)
     rec = RunStore(cfg.parent / ".wt-run").load(run).workers["a"]
-    rsyncs = _Rsyncs(monkeypatch)
+    sftps = _Sftps(monkeypatch)
     staging = tmp_path / "staging"
     with open_host(load_config(cfg), "gpu") as host:
-        transport = collect_transfer.RsyncTransport(host)
+        transport = collect_transfer.OpenSSHTransport(host)
         transport.connect_early()
         transport.prepare(rec.worker_dir, staging / "unused")
         transport.prepare(rec.worker_dir, staging / "used")
@@ -331,9 +330,44 @@ def test_ssh_rsync_started_ahead_but_unused_is_stopped(
         transport.close()
     assert moved.files == 1
     assert (staging / "used" / "log").read_bytes() == Path(rec.log).read_bytes()
-    assert rsyncs.claims[0] == ("used", True)
-    assert len(rsyncs.started) == 2
-    # The one never used waited for its file list and was stopped, having copied nothing.
-    unused = next(r for r in rsyncs.started if str(staging / "unused") in r.proc.args[-1])
+    assert sftps.claims[0][0] == "used" and sftps.claims[0][1] is not None
+    assert len(sftps.started) == 2
+    # The one never used waited for its batch and was stopped, having copied nothing.
+    unused = next(got for name, got in sftps.claims if name == "unused")
+    assert unused is not None and unused is not sftps.claims[0][1]
     assert unused.proc.returncode is not None
     assert not any(p.is_file() for p in (staging / "unused").rglob("*"))
+
+
+HOSTILE_NAMES = ('a b', 'q"uote', "s'ingle", "st*r", "qu?", "br[a]", "$HOME", "#hash",
+                 "-dash", "ünï", "semi;colon", "back`tick", " lead", "trail ", "{a,b}", "~t")
+
+
+def test_ssh_hostile_and_very_long_names_arrive_intact(
+        tmp_path: Path, sshd_server: SSHServer,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every name a shell or sftp's batch parser could misread arrives byte for byte; a path
+    too long for one sftp batch line comes over wt-run's own SFTP session instead."""
+    cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch)
+    rec = RunStore(cfg.parent / ".wt-run").load(run).workers["a"]
+    out = Path(rec.out)
+    for i, name in enumerate(HOSTILE_NAMES):
+        (out / "odd").mkdir(exist_ok=True)
+        (out / "odd" / name).write_bytes(f"{i}: {name}\n".encode() * 100)
+    deep = out.joinpath(*[f"{c}" * 200 for c in "abcdefghij"])
+    deep.mkdir(parents=True)
+    (deep / "deep.txt").write_bytes(b"deep\n" * 1000)
+    assert len(str(deep / "deep.txt")) > 2000
+    w = collect(load_config(cfg), run=run, transport="openssh").workers[0]
+    assert w.ok and w.marked and w.transport == "openssh", (w.errors, w.skipped)
+    dest = tmp_path / "repo" / "results" / run / "a"
+    assert tree(dest) | {"worker.json": b""} == _remote_files(cfg, run) | {"worker.json": b""}
+    assert w.transferred_files == len(_remote_files(cfg, run))
+
+
+def test_sftp_batch_quotes_and_sets_aside_overlong_lines() -> None:
+    batch, too_long = collect_transfer.sftp_batch(
+        "/h/w", Path("/s"), ['x"y', "-d", "z" * 2100])
+    assert batch.decode().splitlines() == [
+        'cd "/h/w"', 'lcd "/s"', '-reget -p -- "x\\"y" "x\\"y"', '-reget -p -- "-d" "-d"']
+    assert too_long == ["z" * 2100]

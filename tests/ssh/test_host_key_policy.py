@@ -1,6 +1,6 @@
 """One host-key policy on every channel, over a real sshd: scripts and SFTP (Paramiko) and bulk
-data (the OpenSSH client, for rsync) accept and refuse the same host keys, and neither writes
-known_hosts, for both values of `strict_host_key`."""
+data (the OpenSSH client, for collect's sftp) accept and refuse the same host keys, and neither
+writes known_hosts, for both values of `strict_host_key`."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def _setup(tmp_path: Path, server: SSHServer, monkeypatch: pytest.MonkeyPatch,
 
 
 def _openssh_true(cfg: Path) -> subprocess.CompletedProcess[str]:
-    """`ssh HOST true` with exactly the options collect gives rsync."""
+    """`ssh HOST true` with exactly the options collect gives OpenSSH."""
     with open_host(load_config(cfg), "gpu") as host:
         argv = ["ssh", *ssh_options(host), host.ssh_argv()[-1], "true"]  # type: ignore[attr-defined]
     return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
@@ -72,9 +72,9 @@ def test_relaxed_accepts_any_key_on_every_channel_and_writes_none(
         done = _openssh_true(cfg)
         assert done.returncode == 0, done.stderr
         wt_ssh.close_all()
-        report = collect(load_config(cfg), run=latest_run(cfg), transport="rsync")
+        report = collect(load_config(cfg), run=latest_run(cfg), transport="openssh")
         w = report.workers[0]
-        assert w.ok and w.transport in ("rsync", "none"), w.errors
+        assert w.ok and w.transport in ("openssh", "none"), w.errors
         # Nothing was written: the next connection is as unverified as this one.
         assert known.read_text() == recorded
 
@@ -91,7 +91,7 @@ def test_strict_refuses_an_unknown_key_on_every_channel_and_writes_none(
         assert refused.returncode == 255
         assert "Host key verification failed" in refused.stderr
         wt_ssh.close_all()
-        report = collect(load_config(cfg), run=latest_run(cfg), transport="rsync")
+        report = collect(load_config(cfg), run=latest_run(cfg), transport="openssh")
         assert not report.ok and "known_hosts" in report.workers[0].errors[0]
         assert known.read_text() == recorded
 
@@ -100,6 +100,6 @@ def test_strict_refuses_an_unknown_key_on_every_channel_and_writes_none(
     _paramiko_true(cfg)
     assert _openssh_true(cfg).returncode == 0
     wt_ssh.close_all()
-    report = collect(load_config(cfg), run=latest_run(cfg), transport="rsync")
-    assert report.ok and report.workers[0].marked and report.workers[0].transport == "rsync"
+    report = collect(load_config(cfg), run=latest_run(cfg), transport="openssh")
+    assert report.ok and report.workers[0].marked and report.workers[0].transport == "openssh"
     assert known.read_text() == sshd_server.known_hosts.read_text()

@@ -6,7 +6,7 @@ over the same loopback sshd, in the same run; then time an unchanged second coll
     python scripts/bench_collect.py --size-mib 128  # quick
 
 Fair: every contender reaches the host with the very same OpenSSH options, taken from wt-run
-(`collect_transfer.ssh_options`): port, user, key, known_hosts, host-key policy and cipher.
+(`collect_openssh.ssh_options`): port, user, key, known_hosts, host-key policy and cipher.
 Each contender runs `--repeat` times, interleaved, and the median is reported.
 
 Goals: first collect >= 0.9x the faster baseline's throughput (collect also checks every file
@@ -94,7 +94,7 @@ def timed(argv: list[str]) -> float:
 def wt_run_ssh_options(config: object) -> list[str]:
     """The OpenSSH options (no `ssh`, no destination) wt-run's collect uses for bulk data."""
     from worktree_runner.backends import open_host
-    from worktree_runner.collect_transfer import ssh_options
+    from worktree_runner.collect_openssh import ssh_options
 
     with open_host(config, "ssh") as host:  # type: ignore[arg-type]
         return ssh_options(host)

@@ -63,14 +63,12 @@ from .collect_model import (
     WorkerCollect,
     WorkerListing,
 )
+from .collect_openssh import OpenSSHTransport, choose_transport, openssh_here
 from .collect_transfer import (
     TRANSPORT_ENV,
     TRANSPORTS,
-    OpenSSHTransport,
     TransferResult,
     Transport,
-    choose_transport,
-    openssh_here,
     sftp_session,
 )
 from .config import Config

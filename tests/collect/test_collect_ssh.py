@@ -16,7 +16,7 @@ from tests.collect.helpers import latest_run, make_training_repo, tree, wt
 from tests.collect.test_collect import _Tamper
 from tests.servers.fixtures import sshd_server  # noqa: F401
 from tests.servers.sshd import SSHServer
-from worktree_runner import collect_transfer
+from worktree_runner import collect_openssh
 from worktree_runner import ssh as wt_ssh
 from worktree_runner.backends import open_host
 from worktree_runner.collect import CollectObserver, collect
@@ -147,7 +147,7 @@ class _FlipInTransit:
                     os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
             return result
 
-        monkeypatch.setattr(collect_transfer.OpenSSHTransport, "fetch", fetch)
+        monkeypatch.setattr(collect_openssh.OpenSSHTransport, "fetch", fetch)
 
 
 def test_ssh_corrupted_copy_is_caught_and_never_placed(
@@ -156,7 +156,7 @@ def test_ssh_corrupted_copy_is_caught_and_never_placed(
     cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch, ckpt_kib=2048)
     rec = RunStore(cfg.parent / ".wt-run").load(run).workers["a"]
     dest = tmp_path / "repo" / "results" / run / "a"
-    flip = _FlipInTransit(collect_transfer.OpenSSHTransport.fetch, "last.pt")
+    flip = _FlipInTransit(collect_openssh.OpenSSHTransport.fetch, "last.pt")
     flip.install(monkeypatch)
     report = collect(load_config(cfg), run=run, transport="openssh")
     w = report.workers[0]
@@ -166,7 +166,7 @@ def test_ssh_corrupted_copy_is_caught_and_never_placed(
     assert not (dest / "out" / "checkpoints" / "last.pt").exists()
     assert (dest / "log").exists()  # the other files were fine
 
-    monkeypatch.setattr(collect_transfer.OpenSSHTransport, "fetch", flip.fetch)
+    monkeypatch.setattr(collect_openssh.OpenSSHTransport, "fetch", flip.fetch)
     wt_ssh.close_all()
     report = collect(load_config(cfg), run=run)
     assert report.ok and report.workers[0].marked
@@ -193,12 +193,12 @@ def test_ssh_interrupted_collect_resumes_from_the_partial_file(
     remote = _remote_files(cfg, run)
     # Slowed to 2 MiB/s, so that the interrupt lands inside the checkpoint (progress is read
     # every 0.1 s; over loopback the file would arrive whole before).
-    argv = collect_transfer.OpenSSHTransport.argv
-    monkeypatch.setattr(collect_transfer.OpenSSHTransport, "argv",
+    argv = collect_openssh.OpenSSHTransport.argv
+    monkeypatch.setattr(collect_openssh.OpenSSHTransport, "argv",
                         lambda self: [*argv(self)[:1], "-l", "16384", *argv(self)[1:]])
     with pytest.raises(KeyboardInterrupt):
         collect(config, run=run, observer=_InterruptAfter(2 << 20))
-    monkeypatch.setattr(collect_transfer.OpenSSHTransport, "argv", argv)
+    monkeypatch.setattr(collect_openssh.OpenSSHTransport, "argv", argv)
     dest = tmp_path / "repo" / "results" / run / "a"
     partial = dest / ".collect" / "incoming" / "worker" / "out" / "checkpoints" / "last.pt"
     assert 0 < partial.stat().st_size < len(remote["out/checkpoints/last.pt"])
@@ -277,7 +277,7 @@ class _Sftps:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.started: list[Any] = []
         self.claims: list[tuple[str, Any]] = []
-        init, claim = collect_transfer._Sftp.__init__, collect_transfer.OpenSSHTransport._claim
+        init, claim = collect_openssh._Sftp.__init__, collect_openssh.OpenSSHTransport._claim
 
         def record_init(sftp: Any, argv: list[str]) -> None:
             init(sftp, argv)
@@ -288,8 +288,8 @@ class _Sftps:
             self.claims.append((Path(key[1]).name, got))
             return got
 
-        monkeypatch.setattr(collect_transfer._Sftp, "__init__", record_init)
-        monkeypatch.setattr(collect_transfer.OpenSSHTransport, "_claim", record_claim)
+        monkeypatch.setattr(collect_openssh._Sftp, "__init__", record_init)
+        monkeypatch.setattr(collect_openssh.OpenSSHTransport, "_claim", record_claim)
 
 
 def test_ssh_collect_starts_each_sftp_ahead(
@@ -321,7 +321,7 @@ def test_ssh_sftp_started_ahead_but_unused_is_stopped(
     sftps = _Sftps(monkeypatch)
     staging = tmp_path / "staging"
     with open_host(load_config(cfg), "gpu") as host:
-        transport = collect_transfer.OpenSSHTransport(host)
+        transport = collect_openssh.OpenSSHTransport(host)
         transport.connect_early()
         transport.prepare(rec.worker_dir, staging / "unused")
         transport.prepare(rec.worker_dir, staging / "used")
@@ -366,7 +366,7 @@ def test_ssh_hostile_and_very_long_names_arrive_intact(
 
 
 def test_sftp_batch_quotes_and_sets_aside_overlong_lines() -> None:
-    batch, too_long = collect_transfer.sftp_batch(
+    batch, too_long = collect_openssh.sftp_batch(
         "/h/w", Path("/s"), ['x"y', "-d", "z" * 2100])
     assert batch.decode().splitlines() == [
         'cd "/h/w"', 'lcd "/s"', '-reget -p -- "x\\"y" "x\\"y"', '-reget -p -- "-d" "-d"']

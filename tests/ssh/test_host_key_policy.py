@@ -15,7 +15,7 @@ from tests.servers.sshd import SSHServer
 from worktree_runner import ssh as wt_ssh
 from worktree_runner.backends import open_host
 from worktree_runner.collect import collect
-from worktree_runner.collect_transfer import ssh_options
+from worktree_runner.collect_openssh import ssh_options
 from worktree_runner.config import load_config
 from worktree_runner.ssh import HostKeyRejected
 

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -216,6 +217,17 @@ def _size(path: Path) -> int:
         return 0
 
 
+def _usable_modes(staging: Path, rels: Sequence[str]) -> None:
+    """`get -p` gives each copy its mode on the host: keep it readable and writable by this
+    user (to verify it, and resume or replace it later), without setuid, setgid or sticky."""
+    for rel in rels:
+        with contextlib.suppress(OSError):
+            st = (staging / rel).lstat()
+            mode = (st.st_mode & 0o777) | 0o600
+            if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != mode:
+                os.chmod(staging / rel, mode)
+
+
 def _clear_way(staging: Path, rels: Sequence[str], sizes: dict[str, int]) -> None:
     """Make room for each staged copy: its directory exists; a symlink, or a copy longer than
     the file (it changed on the host), is removed; a shorter copy is kept, to resume from."""
@@ -290,6 +302,7 @@ class OpenSSHTransport(Transport):
             code, err = sftp.run(batch, progress)
         elif sftp is not None:
             sftp.stop()
+        _usable_modes(staging, rels)
         if code != 0:
             raise WtRunError(f"sftp from {self._master.destination}:{root} exited {code}: "
                              f"{' | '.join(err.strip().splitlines()[-3:])}",

@@ -354,6 +354,7 @@ def test_ssh_hostile_and_very_long_names_arrive_intact(
     for i, name in enumerate(HOSTILE_NAMES):
         (out / "odd").mkdir(exist_ok=True)
         (out / "odd" / name).write_bytes(f"{i}: {name}\n".encode() * 100)
+    (out / "odd" / "a b").chmod(0o4444)  # setuid, read-only: collected as plain rw
     deep = out.joinpath(*[f"{c}" * 200 for c in "abcdefghij"])
     deep.mkdir(parents=True)
     (deep / "deep.txt").write_bytes(b"deep\n" * 1000)
@@ -363,6 +364,7 @@ def test_ssh_hostile_and_very_long_names_arrive_intact(
     dest = tmp_path / "repo" / "results" / run / "a"
     assert tree(dest) | {"worker.json": b""} == _remote_files(cfg, run) | {"worker.json": b""}
     assert w.transferred_files == len(_remote_files(cfg, run))
+    assert (dest / "out" / "odd" / "a b").stat().st_mode & 0o7777 == 0o644
 
 
 def test_sftp_batch_quotes_and_sets_aside_overlong_lines() -> None:

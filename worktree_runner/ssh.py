@@ -321,7 +321,12 @@ class SSHHost(Host):
                             self.name, f"command did not finish within {timeout:g} s",
                             "check the host's load; raise command_timeout for "
                             f"hosts.{self.hc.name}")
-                select.select([chan], [], [], min(wait, 1.0))
+                if chan.eof_received:
+                    # All output is in; only the exit status is to come. The channel stays
+                    # readable after EOF, so select would return at once: wait on the status.
+                    chan.status_event.wait(min(wait, 1.0))
+                else:
+                    select.select([chan], [], [], min(wait, 1.0))
             on_out(decode_out.decode(b"", final=True))
             on_err(decode_err.decode(b"", final=True))
             # -1: the session ended without an exit status (the connection died, or sshd

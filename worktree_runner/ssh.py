@@ -321,9 +321,7 @@ class SSHHost(Host):
                             self.name, f"command did not finish within {timeout:g} s",
                             "check the host's load; raise command_timeout for "
                             f"hosts.{self.hc.name}")
-                if chan.eof_received:
-                    # All output is in; only the exit status is to come. The channel stays
-                    # readable after EOF, so select would return at once: wait on the status.
+                if chan.eof_received:  # only the exit status is to come: select would spin
                     chan.status_event.wait(min(wait, 1.0))
                 else:
                     select.select([chan], [], [], min(wait, 1.0))

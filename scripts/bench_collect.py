@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.servers.sshd import SSHServer  # noqa: E402
 from worktree_runner import ssh as wt_ssh  # noqa: E402
+from worktree_runner.collect_openssh import scp_options  # noqa: E402
 
 
 def git(repo: Path, *args: str) -> None:
@@ -98,20 +99,6 @@ def wt_run_ssh_options(config: object) -> list[str]:
 
     with open_host(config, "ssh") as host:  # type: ignore[arg-type]
         return ssh_options(host)
-
-
-def scp_options(ssh_options: list[str]) -> list[str]:
-    """The same options for scp, which spells the port -P and has no -l."""
-    out: list[str] = []
-    it = iter(ssh_options)
-    for arg in it:
-        if arg == "-p":
-            out += ["-P", next(it)]
-        elif arg == "-l":
-            out += ["-o", f"User={next(it)}"]
-        else:
-            out.append(arg)
-    return out
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ FIND_PYTHON = ('PY=$(command -v python3 || command -v python) || '
 def find_python(root: str) -> str:
     """Set PY to the host's python3 as FIND_PYTHON does, but remember the interpreter it
     resolves to in `<root>/python.path`: a version manager's shim (pyenv) costs a fraction of
-    a second on every start, which status, launch and collect would pay every time. A
+    a second on every start, which status, launch, collect and every Slurm job would pay. A
     remembered interpreter that is gone is looked up again."""
     cache = q(root + "/python.path")
     return (f"PY=; [ -r {cache} ] && read -r PY < {cache}\n"

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from .config import Config, HostConfig
-from .observe import FIND_PYTHON
+from .observe import find_python
 from .runs import HostLayout, WorkerRecord
 from .slurm_settings import AUTO_ARRAY_MIN, SlurmSettings, pattern_safe, slurm_settings
 from .workers import LaunchSpec, command_script, env_context, install_wrapper_script
@@ -59,7 +59,7 @@ def job_script(rec: WorkerRecord, settings: SlurmSettings, argv: Sequence[str], 
                ) -> str:
     """The batch script of one worker's job."""
     return (_job_header(f"worker {rec.name} (branch {rec.branch})", argv)
-            + f"d={q(rec.worker_dir)}\nW={q(root + '/wrapper.py')}\n" + FIND_PYTHON
+            + f"d={q(rec.worker_dir)}\nW={q(root + '/wrapper.py')}\n" + find_python(root)
             + f"requeue={1 if settings.requeue else 0}\n" + _JOB_BODY)
 
 
@@ -72,7 +72,7 @@ def array_job_script(recs: Sequence[WorkerRecord], settings: SlurmSettings,
             + 'case "${SLURM_ARRAY_TASK_ID:-}" in\n' + cases
             + '  *) echo "wt-run: no worker for array task ${SLURM_ARRAY_TASK_ID:-}" >&2;'
             + " exit 97 ;;\nesac\n"
-            + f"W={q(root + '/wrapper.py')}\n" + FIND_PYTHON
+            + f"W={q(root + '/wrapper.py')}\n" + find_python(root)
             + f"requeue={1 if settings.requeue else 0}\n" + _JOB_BODY)
 
 

@@ -283,7 +283,14 @@ def stop(state: AppState, names: tuple[str, ...], all_: bool, run: str | None) -
               help="Destination root (default: results/ in the repository).")
 @pass_state
 def collect(state: AppState, run: str | None, dest: str | None) -> None:
-    """Copy each worker's outputs, log and metadata into results/<run>/<name>/, verified."""
+    """Copy each worker's outputs, log and metadata into results/<run>/<name>/, verified.
+
+    \b
+    Every copy is checked against a sha256 computed on the host before it
+    reaches its final path; what is already here is not copied again, and an
+    interrupted collect resumes. From SSH hosts files come over OpenSSH's sftp
+    client on one connection (WT_RUN_COLLECT_TRANSPORT=openssh|sftp forces a
+    transport). Exits 1 if any file failed verification."""
     from .collect import collect as collect_run
     from .display_collect import RichCollectProgress, print_collect
 

@@ -61,7 +61,7 @@ class Host(ABC):
         """Release connections."""
 
     def ssh_argv(self) -> list[str] | None:
-        """The OpenSSH client command that reaches this host (for rsync), if any."""
+        """The OpenSSH client command that reaches this host (for collect's sftp), if any."""
         return None
 
     def sftp(self) -> Any:

@@ -396,7 +396,7 @@ class SSHHost(Host):
     def ssh_argv(self) -> list[str]:
         """The OpenSSH client command that reaches this host as Fabric does (same ssh config,
         port, user, key, known_hosts, strictness, timeout), ending with the destination: for
-        `rsync -e` (all but the last item) and other OpenSSH tools."""
+        sftp and other OpenSSH tools (all but the last item are the options)."""
         conn = self._build_connection()  # resolves the ssh config; does not connect
         argv = ["ssh"]
         if self._ssh_config:

@@ -28,39 +28,67 @@ class CleanAction:
     note: str = ""
 
 
-def clean_worktrees(config: Config, *, dry_run: bool = False, force: bool = False,
-                    delete_branches: bool = False) -> list[CleanAction]:
-    """Remove wt-run's local worktrees (not those with live workers, nor, without force, those
-    holding results nobody collected) and prune stale entries; optionally delete their
-    branches when merged (or when forced)."""
-    from .worktrees import delete_branch, plan_removal, prune_worktrees, remove_worktree
-
+def clean_worktrees(config: Config, *, hosts: Sequence[str] = (), dry_run: bool = False,
+                    force: bool = False, delete_branches: bool = False) -> list[CleanAction]:
+    """Remove wt-run's worktrees on this machine, or on `hosts` (not those with live workers,
+    nor, without force, those holding results nobody collected) and prune stale entries;
+    optionally delete their branches when merged (or when forced)."""
     store = RunStore(config.state_dir)
     with store.planning():
-        busy = {rec.name for rec in still_live(
-            config, (r for _, r in host_records(store, "local")))}
-        plans = plan_removal(config, busy)
-        if not force:
-            _refuse_uncollected(config, store, [p.path for p in plans
-                                                if not p.reason.startswith("skip:")])
+        if not hosts:
+            return _clean_local_worktrees(config, store, "local", dry_run=dry_run,
+                                          force=force, delete_branches=delete_branches)
         actions: list[CleanAction] = []
-        for plan in plans:
-            if plan.reason.startswith("skip:") and not (force and "uncommitted" in plan.reason):
-                actions.append(CleanAction("keep worktree", str(plan.path), False,
-                                           plan.reason[5:]))
+        for name in hosts:
+            backend = backend_for(config, name)
+            if backend.connect().local:
+                actions += _clean_local_worktrees(config, store, name, dry_run=dry_run,
+                                                  force=force, delete_branches=delete_branches)
                 continue
-            if not dry_run:
-                remove_worktree(config, plan.path, force)
-            actions.append(CleanAction("remove worktree", str(plan.path), not dry_run))
-            if delete_branches and plan.branch:
-                why = None if dry_run else delete_branch(config, plan.branch, force)
-                actions.append(CleanAction("delete branch", plan.branch,
-                                           not dry_run and why is None, why or ""))
-        if not dry_run:
-            prune_worktrees(config)
-        actions.append(CleanAction("prune stale worktree entries", str(config.repo),
-                                   not dry_run))
+            from .clean_remote import clean_host_worktrees
+
+            records = list(host_records(store, name))
+            busy = _busy(config, records)
+            actions += [CleanAction(*a) for a in clean_host_worktrees(
+                config, backend, busy, records, dry_run=dry_run, force=force,
+                delete_branches=delete_branches)]
         return actions
+
+
+def _busy(config: Config, records: Sequence[tuple[str, WorkerRecord]]) -> set[str]:
+    """Worktree names (and worker names) with a live worker: variants of a sweep share
+    their branch's worktree."""
+    live = still_live(config, (r for _, r in records))
+    return {r.name for r in live} | {os.path.basename(r.worktree) for r in live if r.worktree}
+
+
+def _clean_local_worktrees(config: Config, store: RunStore, host: str, *, dry_run: bool,
+                           force: bool, delete_branches: bool) -> list[CleanAction]:
+    from .worktrees import delete_branch, plan_removal, prune_worktrees, remove_worktree
+
+    busy = _busy(config, list(host_records(store, host)))
+    plans = plan_removal(config, busy)
+    if not force:
+        _refuse_uncollected(config, store, [p.path for p in plans
+                                            if not p.reason.startswith("skip:")])
+    actions: list[CleanAction] = []
+    for plan in plans:
+        if plan.reason.startswith("skip:") and not (force and "uncommitted" in plan.reason):
+            actions.append(CleanAction("keep worktree", str(plan.path), False,
+                                       plan.reason[5:]))
+            continue
+        if not dry_run:
+            remove_worktree(config, plan.path, force)
+        actions.append(CleanAction("remove worktree", str(plan.path), not dry_run))
+        if delete_branches and plan.branch:
+            why = None if dry_run else delete_branch(config, plan.branch, force)
+            actions.append(CleanAction("delete branch", plan.branch,
+                                       not dry_run and why is None, why or ""))
+    if not dry_run:
+        prune_worktrees(config)
+    actions.append(CleanAction("prune stale worktree entries", str(config.repo),
+                               not dry_run))
+    return actions
 
 
 def _result_files(worktree: Path, patterns: Sequence[str], shared: Sequence[str]

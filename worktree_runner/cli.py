@@ -334,6 +334,9 @@ def compare(state: AppState, run: str | None, out: str | None, fmt: str,
 @click.option("--worktrees", is_flag=True,
               help="Remove wt-run's worktrees (not ones with live workers) and prune stale "
                    "entries.")
+@click.option("--host", "hosts", multiple=True, metavar="H",
+              help="With --worktrees: clean these hosts' worktrees (repeatable; default: this "
+                   "machine's).")
 @click.option("--delete-branches", is_flag=True,
               help="With --worktrees: also delete their branches if merged (all with --force).")
 @click.option("--force", is_flag=True,
@@ -341,22 +344,24 @@ def compare(state: AppState, run: str | None, out: str | None, fmt: str,
                    "unmerged branches too.")
 @dry_run_option
 @pass_state
-def clean(state: AppState, run: str | None, worktrees: bool, delete_branches: bool, force: bool,
-          dry_run: bool) -> None:
+def clean(state: AppState, run: str | None, worktrees: bool, hosts: tuple[str, ...],
+          delete_branches: bool, force: bool, dry_run: bool) -> None:
     """Remove a run's files (--run ID) and/or wt-run's worktrees (--worktrees).
 
     Nothing that is still running is touched; results not yet collected are kept unless
     --force."""
     if not worktrees and run is None:
         raise click.UsageError("say what to clean: --run ID and/or --worktrees")
+    for h in hosts:
+        state.config.host(h)  # an unknown host: the config error that names the known ones
     from . import clean as cleaning
 
     actions = []
     if run is not None:
         actions += cleaning.clean_run(state.config, run, dry_run=dry_run, force=force)
     if worktrees:
-        actions += cleaning.clean_worktrees(state.config, dry_run=dry_run, force=force,
-                                            delete_branches=delete_branches)
+        actions += cleaning.clean_worktrees(state.config, hosts=hosts, dry_run=dry_run,
+                                            force=force, delete_branches=delete_branches)
     for a in actions:
         verb = f"Would {a.what}" if dry_run else (a.what if a.done else f"kept ({a.what})")
         click.echo(f"{verb}: {a.target}" + (f" — {a.note}" if a.note else ""))

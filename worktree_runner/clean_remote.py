@@ -1,0 +1,168 @@
+"""`clean --worktrees --host H` for a remote host (SSH, or Slurm through its login node): the
+worktrees under `<root>/worktrees` that wt-run made there, with the same refusals as on this
+machine. One script lists them and their state, the collect lister (run on the host) finds
+results that changed since the last collect, and one script removes what may go."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .backend import Backend
+from .collect_listing import listing_script, python_for
+from .config import Config
+from .errors import WtRunError
+from .hosts import Host
+from .runs import HostLayout, WorkerRecord
+from .worktrees import local_preamble
+
+q = shlex.quote
+
+_LIST = r"""
+WTR=$(cd "$WT" 2>/dev/null && pwd -P) || exit 0
+printf 'root %s\n' "$WTR"
+git -C "$G" worktree list --porcelain 2>/dev/null
+echo "end"
+for p in "$WTR"/*; do
+  [ -e "$p/.git" ] || continue
+  if [ -n "$(git -C "$p" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    printf 'dirty %s\n' "$p"
+  fi
+done
+"""
+
+
+@dataclass(frozen=True)
+class RemoteWorktree:
+    name: str
+    path: str
+    branch: str | None
+    locked: bool
+    dirty: bool
+
+
+def list_remote_worktrees(host: Host, paths: HostLayout) -> list[RemoteWorktree]:
+    """wt-run's worktrees on the host: git's entries directly under `<root>/worktrees`."""
+    out = host.run_script(local_preamble(paths) + _LIST).check().stdout
+    lines = out.splitlines()
+    if not lines or not lines[0].startswith("root "):
+        return []
+    root = lines[0][5:]
+    end = lines.index("end") if "end" in lines else len(lines)
+    dirty = {line[6:] for line in lines[end + 1:] if line.startswith("dirty ")}
+    found: list[RemoteWorktree] = []
+    entry: dict[str, str] = {}
+    for line in [*lines[1:end], ""]:
+        if line:
+            key, _, value = line.partition(" ")
+            entry[key] = value
+            continue
+        path = entry.get("worktree", "")
+        if path.rpartition("/")[0] == root and "prunable" not in entry:  # gone: pruned below
+            branch = entry.get("branch")
+            found.append(RemoteWorktree(path.rpartition("/")[2], path,
+                                        branch.removeprefix("refs/heads/") if branch else None,
+                                        "locked" in entry, path in dirty))
+        entry = {}
+    return found
+
+
+def fresh_results(config: Config, host: Host, worktrees: Mapping[str, str],
+                  since: Mapping[str, float]) -> dict[str, list[str]]:
+    """Per worktree name: files `collect:` would take that changed after `since[name]` (the
+    last collect of the run that used it; 0: never collected), found by the collect lister."""
+    if not config.collect or not worktrees:
+        return {}
+    spec = {"settle_s": 0, "workers": [
+        {"id": name, "running": False, "cache": "",
+         "roots": [{"key": "worktree", "path": path, "patterns": list(config.collect)}]}
+        for name, path in worktrees.items()]}
+    result = host.run_script(listing_script(python_for(config, host), spec, host.root),
+                             timeout=max(config.host(host.name).command_timeout, 600.0))
+    raw = json.loads(result.check().stdout)
+    fresh: dict[str, list[str]] = {}
+    for name, data in raw["workers"].items():
+        newer = sorted(rel for _, rel, _, mtime_ns, _ in data["files"]
+                       if mtime_ns / 1e9 > since.get(name, 0.0))
+        if newer:
+            fresh[name] = newer
+    return fresh
+
+
+def removal_script(paths: HostLayout, shared: Sequence[str], names: Sequence[str],
+                   branches: Sequence[str], *, force: bool) -> str:
+    """Remove each named worktree (its shared links first, never followed), delete the given
+    branches (unmerged ones only with force), prune git's stale entries."""
+    unlink = "".join(f'  [ -L "$p"/{q(rel.strip("/"))} ] && rm -f "$p"/{q(rel.strip("/"))}\n'
+                     for rel in shared)
+    lines = [local_preamble(paths),
+             "wt_rm() {\n  p=\"$WT/$1\"\n" + unlink
+             + '  if git -C "$G" worktree remove ' + ("--force " if force else "")
+             + '-- "$p" >/dev/null 2>&1 || git -C "$G" worktree remove --force -- "$p" '
+             + '>/dev/null 2>&1; then echo "removed $1"; else echo "kept $1"; fi\n}\n']
+    lines += [f"wt_rm {q(n)}" for n in names]
+    flag = "-D" if force else "-d"
+    lines += [f'if why=$(git -C "$G" branch {flag} -- {q(b)} 2>&1); then echo "deleted {b}"; '
+              f'else printf "undeleted %s %s\\n" {q(b)} "$(printf %s "$why" | head -n 1)"; fi'
+              for b in branches]
+    lines.append('git -C "$G" worktree prune')
+    return "\n".join(lines) + "\n"
+
+
+def clean_host_worktrees(config: Config, backend: Backend, busy: set[str],
+                         records: Sequence[tuple[str, WorkerRecord]], *, dry_run: bool,
+                         force: bool, delete_branches: bool
+                         ) -> list[tuple[str, str, bool, str]]:
+    """(what, target, done, note) for each worktree on a remote host, as for local ones."""
+    host, paths = backend.connect(), backend.layout()
+    found = list_remote_worktrees(host, paths)
+    actions: list[tuple[str, str, bool, str]] = []
+    go: list[RemoteWorktree] = []
+    for wt in found:
+        why = ("a worker is still running" if wt.name in busy else
+               "locked (git worktree unlock)" if wt.locked else
+               "uncommitted changes (commit, or --force)" if wt.dirty and not force else None)
+        if why:
+            actions.append(("keep worktree", f"{host.name}:{wt.path}", False, why))
+        else:
+            go.append(wt)
+    if not force:
+        newest: dict[str, tuple[float, str, WorkerRecord]] = {}
+        for run, rec in records:
+            key = rec.worktree.rpartition("/")[2]
+            if rec.worktree == paths.worktree(key) and (rec.launched_at or 0.0) >= \
+                    newest.get(key, (-1.0, "", rec))[0]:
+                newest[key] = (rec.launched_at or 0.0, run, rec)
+        fresh = fresh_results(config, host, {wt.name: wt.path for wt in go},
+                              {k: v[2].collected_at or 0.0 for k, v in newest.items()})
+        for name, files in fresh.items():
+            shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more"
+                                            if len(files) > 3 else "")
+            where = f"{host.name}:{paths.worktree(name)}"
+            if name not in newest:
+                raise WtRunError(f"worktree {where} holds results no run has collected "
+                                 f"({shown})", "copy them out, or pass --force to delete them")
+            run = newest[name][1]
+            raise WtRunError(f"worktree {where} holds results of run {run} not collected yet "
+                             f"({shown})", f"run `wt-run collect --run {run}` first, or pass "
+                             "--force to delete them")
+    branches = [wt.branch for wt in go if wt.branch] if delete_branches else []
+    done: dict[str, str] = {}
+    if not dry_run and (go or found):
+        out = host.run_script(removal_script(paths, config.shared, [wt.name for wt in go],
+                                             branches, force=force)).check().stdout
+        for line in out.splitlines():
+            word, _, rest = line.partition(" ")
+            done[f"{word} {rest.split(' ')[0]}"] = rest.partition(" ")[2]
+    for wt in go:
+        actions.append(("remove worktree", f"{host.name}:{wt.path}",
+                        f"removed {wt.name}" in done, ""))
+        if wt.branch and delete_branches:
+            actions.append(("delete branch", f"{host.name}:{wt.branch}",
+                            f"deleted {wt.branch}" in done,
+                            done.get(f"undeleted {wt.branch}", "")))
+    actions.append(("prune stale worktree entries", f"{host.name}:{paths.repo}", not dry_run,
+                    ""))
+    return actions

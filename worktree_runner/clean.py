@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from .api import host_records, parallel_map, status, still_live
 from .backends import backend_for
-from .collect_lister import pattern_regex
 from .config import Config
 from .errors import WtRunError
-from .runs import RunStore, WorkerRecord, group_by_host
+from .runs import RunStore, group_by_host
 
 
 @dataclass(frozen=True)
@@ -33,110 +31,21 @@ def clean_worktrees(config: Config, *, hosts: Sequence[str] = (), dry_run: bool 
     """Remove wt-run's worktrees on this machine, or on `hosts` (not those with live workers,
     nor, without force, those holding results nobody collected) and prune stale entries;
     optionally delete their branches when merged (or when forced)."""
+    from .clean_worktrees import clean_host_worktrees
+
     store = RunStore(config.state_dir)
-    with store.planning():
-        if not hosts:
-            return _clean_local_worktrees(config, store, "local", dry_run=dry_run,
-                                          force=force, delete_branches=delete_branches)
-        actions: list[CleanAction] = []
-        for name in hosts:
-            backend = backend_for(config, name)
-            if backend.connect().local:
-                actions += _clean_local_worktrees(config, store, name, dry_run=dry_run,
-                                                  force=force, delete_branches=delete_branches)
-                continue
-            from .clean_remote import clean_host_worktrees
-
-            records = list(host_records(store, name))
-            busy = _busy(config, records)
-            actions += [CleanAction(*a) for a in clean_host_worktrees(
-                config, backend, busy, records, dry_run=dry_run, force=force,
-                delete_branches=delete_branches)]
-        return actions
-
-
-def _busy(config: Config, records: Sequence[tuple[str, WorkerRecord]]) -> set[str]:
-    """Worktree names (and worker names) with a live worker: variants of a sweep share
-    their branch's worktree."""
-    live = still_live(config, (r for _, r in records))
-    return {r.name for r in live} | {os.path.basename(r.worktree) for r in live if r.worktree}
-
-
-def _clean_local_worktrees(config: Config, store: RunStore, host: str, *, dry_run: bool,
-                           force: bool, delete_branches: bool) -> list[CleanAction]:
-    from .worktrees import delete_branch, plan_removal, prune_worktrees, remove_worktree
-
-    busy = _busy(config, list(host_records(store, host)))
-    plans = plan_removal(config, busy)
-    if not force:
-        _refuse_uncollected(config, store, [p.path for p in plans
-                                            if not p.reason.startswith("skip:")])
     actions: list[CleanAction] = []
-    for plan in plans:
-        if plan.reason.startswith("skip:") and not (force and "uncommitted" in plan.reason):
-            actions.append(CleanAction("keep worktree", str(plan.path), False,
-                                       plan.reason[5:]))
-            continue
-        if not dry_run:
-            remove_worktree(config, plan.path, force)
-        actions.append(CleanAction("remove worktree", str(plan.path), not dry_run))
-        if delete_branches and plan.branch:
-            why = None if dry_run else delete_branch(config, plan.branch, force)
-            actions.append(CleanAction("delete branch", plan.branch,
-                                       not dry_run and why is None, why or ""))
-    if not dry_run:
-        prune_worktrees(config)
-    actions.append(CleanAction("prune stale worktree entries", str(config.repo),
-                               not dry_run))
+    with store.planning():
+        for name in hosts or ["local"]:
+            records = list(host_records(store, name))
+            live = still_live(config, (r for _, r in records))
+            # Variants of a sweep share their branch's worktree.
+            busy = {r.name for r in live} | {os.path.basename(r.worktree) for r in live
+                                             if r.worktree}
+            actions += [CleanAction(*a) for a in clean_host_worktrees(
+                config, backend_for(config, name), busy, records, dry_run=dry_run,
+                force=force, delete_branches=delete_branches)]
     return actions
-
-
-def _result_files(worktree: Path, patterns: Sequence[str], shared: Sequence[str]
-                  ) -> Iterator[tuple[str, float]]:
-    """(relative path, mtime) of each file in the worktree that collect would take (matched
-    by collect's own glob rules)."""
-    regexes = [pattern_regex(p) for p in patterns]
-    skip = {".git", *shared}
-    for top, dirs, files in os.walk(worktree):
-        rel_top = os.path.relpath(top, worktree)
-        dirs[:] = [d for d in dirs if os.path.normpath(os.path.join(rel_top, d)) not in skip
-                   and not os.path.islink(os.path.join(top, d))]
-        for f in files:
-            rel = os.path.normpath(os.path.join(rel_top, f))
-            full = os.path.join(top, f)
-            if rel in skip or os.path.islink(full):
-                continue
-            if any(r.match(rel) for r in regexes):
-                yield rel, os.stat(full).st_mtime
-
-
-def _newest_record(store: RunStore, worktree: Path) -> tuple[str, WorkerRecord] | None:
-    """The run and record that used this worktree last."""
-    real = os.path.realpath(worktree)
-    found = [(rec.launched_at or 0.0, run, rec) for run, rec in host_records(store, "local")
-             if os.path.realpath(rec.worktree) == real]
-    if not found:
-        return None
-    _, run, rec = max(found, key=lambda t: t[0])
-    return run, rec
-
-
-def _refuse_uncollected(config: Config, store: RunStore, worktrees: Sequence[Path]) -> None:
-    for wt in worktrees:
-        newest = _newest_record(store, wt)
-        collected = (newest[1].collected_at or 0.0) if newest else 0.0
-        fresh = sorted(rel for rel, mtime in _result_files(wt, config.collect, config.shared)
-                       if mtime > collected)
-        if not fresh:
-            continue
-        shown = ", ".join(fresh[:3]) + (f" and {len(fresh) - 3} more" if len(fresh) > 3 else "")
-        if newest is None:
-            raise WtRunError(f"worktree {wt} holds results no run has collected ({shown})",
-                             "copy them out, or pass --force to delete them")
-        run = newest[0]
-        raise WtRunError(f"worktree {wt} holds results of run {run} not collected yet ({shown})",
-                         f"run `wt-run collect --run {run}` first, or pass --force to delete "
-                         "them")
 
 
 def clean_run(config: Config, run: str, *, dry_run: bool = False, force: bool = False

@@ -2,25 +2,19 @@
 (locked, wrong branch, dirty, not a worktree, branch checked out elsewhere, shared path missing
 or tracked) before anything changes, then creates or reuses the worktrees and links the
 shared paths into each. The local host runs it in the user's repository, remote hosts in
-`<root>/repo` after the code sync (sync.py). Removal for `clean --worktrees` is at the end."""
+`<root>/repo` after the code sync (sync.py). Removal for `clean --worktrees`, on every host
+alike, is in clean_worktrees.py."""
 
 from __future__ import annotations
 
-import os
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .config import BranchConfig, Config
 from .errors import ConfigError, GitError, HostError
 from .hosts import CommandResult, Host
 from .repo_refs import Wanted, branch_commits
 from .runs import HostLayout
-
-if TYPE_CHECKING:
-    import git
 
 q = shlex.quote
 
@@ -271,118 +265,3 @@ def _branch_in_script(script: str, name: str) -> str:
         if len(parts) == 3 and parts[1] == name:
             return parts[2]
     return ""
-
-
-# ---------------------------------------------------------------------- removal
-
-def open_repo(config: Config) -> git.Repo:
-    import git  # GitPython costs a launch 0.15 s to import; only clean needs it
-
-    try:
-        return git.Repo(config.repo, expand_vars=False)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        raise ConfigError(f"{config.repo} is not a git repository",
-                          f"set repo: in {config.path} to a git checkout") from None
-
-
-@dataclass(frozen=True)
-class WorktreeInfo:
-    """One entry of `git worktree list --porcelain`."""
-
-    path: Path
-    head: str
-    branch: str | None  # short name, None when detached
-    locked: bool
-    prunable: bool
-
-
-def list_worktrees(repo: git.Repo) -> list[WorktreeInfo]:
-    out = repo.git.worktree("list", "--porcelain")
-    infos: list[WorktreeInfo] = []
-    entry: dict[str, str] = {}
-    for line in [*out.splitlines(), ""]:
-        if not line:
-            if "worktree" in entry:
-                branch = entry.get("branch")
-                infos.append(WorktreeInfo(
-                    path=Path(entry["worktree"]), head=entry.get("HEAD", ""),
-                    branch=branch.removeprefix("refs/heads/") if branch else None,
-                    locked="locked" in entry, prunable="prunable" in entry))
-            entry = {}
-            continue
-        key, _, value = line.partition(" ")
-        entry[key] = value
-    return infos
-
-
-def _real(path: Path) -> str:
-    return os.path.realpath(path)
-
-
-def _dirty(path: Path) -> bool:
-    import git
-
-    return git.Repo(path, expand_vars=False).is_dirty(untracked_files=False)
-
-
-@dataclass(frozen=True)
-class RemovalPlan:
-    path: Path
-    branch: str | None
-    reason: str  # remove | skip:<why>
-
-
-def plan_removal(config: Config, busy: set[str]) -> list[RemovalPlan]:
-    """Which wt-run worktrees `clean --worktrees` removes; `busy` holds names with live workers."""
-    repo = open_repo(config)
-    plans = []
-    root = _real(config.worktrees)
-    for info in list_worktrees(repo):
-        real = _real(info.path)
-        if os.path.dirname(real) != root:
-            continue
-        name = os.path.basename(real)
-        if name in busy:
-            plans.append(RemovalPlan(info.path, info.branch, "skip:a worker is still running"))
-        elif info.locked:
-            plans.append(RemovalPlan(info.path, info.branch, "skip:locked (git worktree unlock)"))
-        elif not info.prunable and _dirty(info.path):
-            plans.append(RemovalPlan(info.path, info.branch,
-                                     "skip:uncommitted changes (commit, or --force)"))
-        else:
-            plans.append(RemovalPlan(info.path, info.branch, "remove"))
-    return plans
-
-
-def remove_worktree(config: Config, path: Path, force: bool) -> None:
-    repo = open_repo(config)
-    for rel in config.shared:
-        link = path / rel
-        if link.is_symlink():
-            link.unlink()  # never follow a shared link into the dataset
-    import git
-
-    args = ["remove", "--force"] if force else ["remove"]
-    try:
-        repo.git.worktree(*args, "--", str(path))
-    except git.GitCommandError:
-        # Untracked outputs make `remove` refuse; they belong to the worktree, and results
-        # live in the worker directories, so a second try with --force is safe.
-        repo.git.worktree("remove", "--force", "--", str(path))
-
-
-def prune_worktrees(config: Config) -> None:
-    open_repo(config).git.worktree("prune")
-
-
-def delete_branch(config: Config, branch: str, force: bool) -> str | None:
-    """Delete a branch; without force git refuses unmerged ones. Returns why not, or None."""
-    import git
-
-    repo = open_repo(config)
-    try:
-        repo.git.branch("-D" if force else "-d", "--", branch)
-    except git.GitCommandError as exc:
-        lines = (exc.stderr or "").strip().splitlines()
-        return lines[0].removeprefix("stderr: ").strip(" '") if lines else str(exc)
-    return None

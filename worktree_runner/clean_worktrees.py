@@ -1,7 +1,8 @@
-"""`clean --worktrees --host H` for a remote host (SSH, or Slurm through its login node): the
-worktrees under `<root>/worktrees` that wt-run made there, with the same refusals as on this
-machine. One script lists them and their state, the collect lister (run on the host) finds
-results that changed since the last collect, and one script removes what may go."""
+"""`clean --worktrees` on any host: the worktrees wt-run made there (this machine's under
+`worktrees:`, a remote host's under `<root>/worktrees`, SSH or Slurm through its login node),
+and what it refuses. One script lists them and their state, the collect lister (run on the
+host) finds results that changed since their last collect, and one script removes what may
+go: the same scripts on every host, like the ones that make worktrees (worktrees.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ q = shlex.quote
 _LIST = r"""
 WTR=$(cd "$WT" 2>/dev/null && pwd -P) || exit 0
 printf 'root %s\n' "$WTR"
+printf 'root %s\n' "$WT"
 git -C "$G" worktree list --porcelain 2>/dev/null
 echo "end"
 for p in "$WTR"/*; do
@@ -35,7 +37,7 @@ done
 
 
 @dataclass(frozen=True)
-class RemoteWorktree:
+class HostWorktree:
     name: str
     path: str
     branch: str | None
@@ -43,26 +45,27 @@ class RemoteWorktree:
     dirty: bool
 
 
-def list_remote_worktrees(host: Host, paths: HostLayout) -> list[RemoteWorktree]:
-    """wt-run's worktrees on the host: git's entries directly under `<root>/worktrees`."""
+def list_host_worktrees(host: Host, paths: HostLayout) -> list[HostWorktree]:
+    """wt-run's worktrees on the host: git's entries directly in its worktrees directory
+    (one whose directory is gone is left to `git worktree prune`)."""
     out = host.run_script(local_preamble(paths) + _LIST).check().stdout
     lines = out.splitlines()
-    if not lines or not lines[0].startswith("root "):
+    if len(lines) < 2 or not lines[0].startswith("root "):
         return []
-    root = lines[0][5:]
+    roots = {lines[0][5:], lines[1][5:]}
     end = lines.index("end") if "end" in lines else len(lines)
     dirty = {line[6:] for line in lines[end + 1:] if line.startswith("dirty ")}
-    found: list[RemoteWorktree] = []
+    found: list[HostWorktree] = []
     entry: dict[str, str] = {}
-    for line in [*lines[1:end], ""]:
+    for line in [*lines[2:end], ""]:
         if line:
             key, _, value = line.partition(" ")
             entry[key] = value
             continue
         path = entry.get("worktree", "")
-        if path.rpartition("/")[0] == root and "prunable" not in entry:  # gone: pruned below
+        if path.rpartition("/")[0] in roots and "prunable" not in entry:
             branch = entry.get("branch")
-            found.append(RemoteWorktree(path.rpartition("/")[2], path,
+            found.append(HostWorktree(path.rpartition("/")[2], path,
                                         branch.removeprefix("refs/heads/") if branch else None,
                                         "locked" in entry, path in dirty))
         entry = {}
@@ -115,32 +118,34 @@ def clean_host_worktrees(config: Config, backend: Backend, busy: set[str],
                          records: Sequence[tuple[str, WorkerRecord]], *, dry_run: bool,
                          force: bool, delete_branches: bool
                          ) -> list[tuple[str, str, bool, str]]:
-    """(what, target, done, note) for each worktree on a remote host, as for local ones."""
+    """(what, target, done, note) for each of wt-run's worktrees on the host; raises when one
+    holds results nobody collected (unless force). A remote host's targets are `HOST:path`."""
     host, paths = backend.connect(), backend.layout()
-    found = list_remote_worktrees(host, paths)
+    at = "" if host.local else f"{host.name}:"
+    found = list_host_worktrees(host, paths)
     actions: list[tuple[str, str, bool, str]] = []
-    go: list[RemoteWorktree] = []
+    go: list[HostWorktree] = []
     for wt in found:
         why = ("a worker is still running" if wt.name in busy else
                "locked (git worktree unlock)" if wt.locked else
                "uncommitted changes (commit, or --force)" if wt.dirty and not force else None)
         if why:
-            actions.append(("keep worktree", f"{host.name}:{wt.path}", False, why))
+            actions.append(("keep worktree", f"{at}{wt.path}", False, why))
         else:
             go.append(wt)
     if not force:
         newest: dict[str, tuple[float, str, WorkerRecord]] = {}
-        for run, rec in records:
-            key = rec.worktree.rpartition("/")[2]
-            if rec.worktree == paths.worktree(key) and (rec.launched_at or 0.0) >= \
-                    newest.get(key, (-1.0, "", rec))[0]:
+        for run, rec in records:  # the run that used each worktree last
+            key = rec.worktree.rstrip("/").rpartition("/")[2]
+            if rec.worktree and (key not in newest
+                                 or (rec.launched_at or 0.0) >= newest[key][0]):
                 newest[key] = (rec.launched_at or 0.0, run, rec)
         fresh = fresh_results(config, host, {wt.name: wt.path for wt in go},
                               {k: v[2].collected_at or 0.0 for k, v in newest.items()})
         for name, files in fresh.items():
             shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more"
                                             if len(files) > 3 else "")
-            where = f"{host.name}:{paths.worktree(name)}"
+            where = f"{at}{paths.worktree(name)}"
             if name not in newest:
                 raise WtRunError(f"worktree {where} holds results no run has collected "
                                  f"({shown})", "copy them out, or pass --force to delete them")
@@ -157,12 +162,12 @@ def clean_host_worktrees(config: Config, backend: Backend, busy: set[str],
             word, _, rest = line.partition(" ")
             done[f"{word} {rest.split(' ')[0]}"] = rest.partition(" ")[2]
     for wt in go:
-        actions.append(("remove worktree", f"{host.name}:{wt.path}",
+        actions.append(("remove worktree", f"{at}{wt.path}",
                         f"removed {wt.name}" in done, ""))
         if wt.branch and delete_branches:
-            actions.append(("delete branch", f"{host.name}:{wt.branch}",
+            actions.append(("delete branch", f"{at}{wt.branch}",
                             f"deleted {wt.branch}" in done,
                             done.get(f"undeleted {wt.branch}", "")))
-    actions.append(("prune stale worktree entries", f"{host.name}:{paths.repo}", not dry_run,
+    actions.append(("prune stale worktree entries", f"{at}{paths.repo}", not dry_run,
                     ""))
     return actions

@@ -191,3 +191,27 @@ def test_generate_split_over_array_tasks(cluster: SlurmCluster, tmp_path: Path) 
     for i in range(3):
         assert f"task {i} of 3" in (Path(ws["generate"]["log"]).parent / "tasks" / str(i)
                                     / "log").read_text()
+
+
+def test_clean_worktrees_on_a_slurm_host(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """`clean --worktrees --host hpc` removes the worktrees under the host's root, but never
+    one whose worker still runs."""
+    root = tmp_path / "shared"
+    wt = WtRun(make_project(tmp_path, {"done": {"branch": "exp/done", "vars": {"mode": "ok"}},
+                                       "live": {"branch": "exp/live",
+                                                "vars": {"mode": "sleep"}}}, root=root))
+    wt("launch", "--branches", "done", "live")
+    ws = wt.wait_states({"done": "succeeded", "live": "running"})
+    wait_file(Path(ws["live"]["out"]) / "started")
+    out = wt("clean", "--worktrees", "--host", "hpc", "--force")
+    assert f"remove worktree: {root / 'worktrees' / 'done'}" in out
+    assert f"kept (keep worktree): {root / 'worktrees' / 'live'}" in out
+    assert "a worker is still running" in out
+    assert not (root / "worktrees" / "done").exists()
+    assert (root / "worktrees" / "live" / "worker.py").is_file()
+    wt("stop", "live")
+    wt.wait_states({"live": "stopped"})
+    wt("clean", "--worktrees", "--host", "hpc", "--force")
+    assert not (root / "worktrees" / "live").exists()
+    # The worker files (logs, outputs) stay where they are.
+    assert "hello from done" in wt("logs", "done")

@@ -104,11 +104,13 @@ def removal_script(paths: HostLayout, shared: Sequence[str], names: Sequence[str
              "wt_rm() {\n  p=\"$WT/$1\"\n" + unlink
              + '  if git -C "$G" worktree remove ' + ("--force " if force else "")
              + '-- "$p" >/dev/null 2>&1 || git -C "$G" worktree remove --force -- "$p" '
-             + '>/dev/null 2>&1; then echo "removed $1"; else echo "kept $1"; fi\n}\n']
+             + ">/dev/null 2>&1; then printf 'removed\\t%s\\n' \"$1\"; fi\n}\n"]
     lines += [f"wt_rm {q(n)}" for n in names]
     flag = "-D" if force else "-d"
-    lines += [f'if why=$(git -C "$G" branch {flag} -- {q(b)} 2>&1); then echo "deleted {b}"; '
-              f'else printf "undeleted %s %s\\n" {q(b)} "$(printf %s "$why" | head -n 1)"; fi'
+    # Output lines: WORD<tab>NAME[<tab>NOTE]; names are never pasted into the script unquoted.
+    lines += [f'if why=$(git -C "$G" branch {flag} -- {q(b)} 2>&1); then '
+              f"printf 'deleted\\t%s\\n' {q(b)}; else printf 'undeleted\\t%s\\t%s\\n' "
+              f'{q(b)} "$(printf %s "$why" | head -n 1)"; fi'
               for b in branches]
     lines.append('git -C "$G" worktree prune')
     return "\n".join(lines) + "\n"
@@ -159,8 +161,8 @@ def clean_host_worktrees(config: Config, backend: Backend, busy: set[str],
         out = host.run_script(removal_script(paths, config.shared, [wt.name for wt in go],
                                              branches, force=force)).check().stdout
         for line in out.splitlines():
-            word, _, rest = line.partition(" ")
-            done[f"{word} {rest.split(' ')[0]}"] = rest.partition(" ")[2]
+            word, name, note = [*line.split("\t", 2), "", ""][:3]
+            done[f"{word} {name}"] = note
     for wt in go:
         actions.append(("remove worktree", f"{at}{wt.path}",
                         f"removed {wt.name}" in done, ""))

@@ -216,3 +216,29 @@ def test_local_worktrees_use_the_remote_hosts_script(repo_factory) -> None:
     out = wt("launch", "--branches", "b", ok=False).output
     assert "shared path 'data' exists in worktree" in out
     assert (link / "mine").read_text() == "keep" and not (link / "data").exists()
+
+
+def test_removal_script_never_runs_a_hostile_branch_or_worktree_name(tmp_path: Path) -> None:
+    """Branch names may hold `$(...)` and backticks (git allows them): the removal script
+    quotes every name, and reports each back on a line of its own."""
+    from worktree_runner.clean_worktrees import removal_script
+    from worktree_runner.runs import HostLayout
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "f").write_text("x\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "init")
+    hostile = "x$(touch${IFS}PWNED)`touch${IFS}PWNED2`"
+    git(repo, "branch", hostile)
+    (tmp_path / "wt").mkdir()
+    git(repo, "worktree", "add", "-q", str(tmp_path / "wt" / "a b"), hostile)
+    paths = HostLayout(str(tmp_path), str(repo), str(tmp_path / "wt"), str(tmp_path / "data"))
+    script = removal_script(paths, [], ["a b"], [hostile], force=True)
+    out = subprocess.run(["sh", "-s"], input=script, cwd=tmp_path, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.splitlines() == ["removed\ta b", f"deleted\t{hostile}"]
+    assert not (tmp_path / "wt" / "a b").exists()
+    assert not list(tmp_path.rglob("PWNED*"))
+    assert hostile not in git(repo, "branch", "--format=%(refname:short)")

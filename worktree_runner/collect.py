@@ -68,7 +68,6 @@ from .collect_transfer import (
     TRANSPORTS,
     TransferResult,
     Transport,
-    sftp_session,
 )
 from .config import Config
 from .errors import HostUnreachable, WtRunError
@@ -266,7 +265,7 @@ def _collect_host(config: Config, store: RunStore, run_id: str, host_name: str,
         if wanted in ("auto", "openssh") and openssh_here(host) and first is not None:
             # A first collect will fetch: connect for OpenSSH, and start the sftp of the
             # first worker's files, while the host lists and hashes.
-            transport = OpenSSHTransport(host, lambda: sftp_session(host))
+            transport = OpenSSHTransport(host)
             transport.connect_early()
             transport.prepare(first.worker_dir, root / first.name / BOOKKEEPING / "incoming"
                               / "worker")

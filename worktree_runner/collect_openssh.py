@@ -30,6 +30,7 @@ from .collect_transfer import (
     TRANSPORT_ENV,
     TransferResult,
     Transport,
+    clear_way,
     local_transport,
     sftp_session,
 )
@@ -228,16 +229,6 @@ def _usable_modes(staging: Path, rels: Sequence[str]) -> None:
                 os.chmod(staging / rel, mode)
 
 
-def _clear_way(staging: Path, rels: Sequence[str], sizes: dict[str, int]) -> None:
-    """Make room for each staged copy: its directory exists; a symlink, or a copy longer than
-    the file (it changed on the host), is removed; a shorter copy is kept, to resume from."""
-    for rel in rels:
-        target = staging / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_symlink() or (target.is_file() and target.stat().st_size > sizes[rel]):
-            target.unlink()
-
-
 class OpenSSHTransport(Transport):
     """OpenSSH's `sftp` client in batch mode, on one shared OpenSSH connection per host (the
     host's own ssh settings): only the listed files (never a symlink: the host refuses
@@ -247,12 +238,11 @@ class OpenSSHTransport(Transport):
 
     name = "openssh"
 
-    def __init__(self, host: Host, fallback: Callable[[], Transport | None] | None = None
-                 ) -> None:
+    def __init__(self, host: Host) -> None:
+        self._host = host  # its own SFTP session takes names too long for an sftp batch line
         self._master = OpenSSHMaster(host)
         self._started: dict[tuple[str, Path], threading.Thread | _Sftp] = {}
         self._lock = threading.Lock()
-        self._fallback = fallback  # for names too long for an sftp batch line
 
     def connect_early(self) -> None:
         self._master.connect_early()
@@ -291,7 +281,8 @@ class OpenSSHTransport(Transport):
         staging.mkdir(parents=True, exist_ok=True)
         sftp = self._claim((root, staging))
         batch, too_long = sftp_batch(root, staging, rels)
-        _clear_way(staging, rels, sizes)
+        for rel in rels:
+            clear_way(staging / rel, sizes[rel])
         progress = _StagedProgress(staging, {r: sizes[r] for r in rels if r not in too_long},
                                    observer)
         code, err = 0, ""
@@ -318,7 +309,7 @@ class OpenSSHTransport(Transport):
 
     def _fetch_long(self, root: str, rels: Sequence[str], staging: Path, sizes: dict[str, int],
                     observer: CollectObserver) -> TransferResult:
-        other = self._fallback() if self._fallback is not None else None
+        other = sftp_session(self._host)
         if other is None:
             return TransferResult(unreadable=tuple(
                 (rel, "unreadable: name too long for sftp, and no SFTP session")
@@ -357,7 +348,7 @@ def choose_transport(host: Host, wanted: str) -> Transport:
         raise WtRunError(f"host {host.name}: the OpenSSH client (ssh and sftp) is not "
                          "available here", f"install openssh-client, or set {TRANSPORT_ENV}=sftp")
     if can_openssh and wanted in ("auto", "openssh"):
-        return OpenSSHTransport(host, lambda: sftp_session(host))
+        return OpenSSHTransport(host)
     transport = sftp_session(host)
     if transport is not None:
         return transport

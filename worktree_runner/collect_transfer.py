@@ -49,6 +49,18 @@ class Transport(ABC):
         pass
 
 
+def clear_way(target: Path, size: int) -> int:
+    """Make room for a staged copy of a file of `size` bytes: its directory exists; a symlink,
+    or a copy longer than the file (it changed on the host), is removed; a shorter copy is
+    kept to resume from. Returns the bytes kept."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    have = target.stat().st_size if target.is_file() and not target.is_symlink() else 0
+    if have > size or target.is_symlink():
+        target.unlink()
+        have = 0
+    return have
+
+
 class CopyTransport(Transport):
     """Reads each file through `open_source` (a local file, or an SFTP file) and appends to the
     staged copy from where it stopped; the copy gets the source's mtime as seen after reading,
@@ -66,11 +78,7 @@ class CopyTransport(Transport):
         unreadable = []
         for rel in rels:
             target = staging / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            have = target.stat().st_size if target.is_file() and not target.is_symlink() else 0
-            if have > sizes[rel] or target.is_symlink():
-                target.unlink()
-                have = 0
+            have = clear_way(target, sizes[rel])
             try:
                 moved = self._copy(f"{root}/{rel}", target, have, sizes[rel], observer)
             except OSError as exc:

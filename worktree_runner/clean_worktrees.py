@@ -6,13 +6,12 @@ go: the same scripts on every host, like the ones that make worktrees (worktrees
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .backend import Backend
-from .collect_listing import listing_script, python_for
+from .collect_listing import run_lister
 from .config import Config
 from .errors import WtRunError
 from .hosts import Host
@@ -30,7 +29,7 @@ echo "end"
 for p in "$WTR"/*; do
   [ -e "$p/.git" ] || continue
   if [ -n "$(git -C "$p" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
-    printf 'dirty %s\n' "$p"
+    printf 'dirty %s\n' "${p##*/}"
   fi
 done
 """
@@ -54,7 +53,7 @@ def list_host_worktrees(host: Host, paths: HostLayout) -> list[HostWorktree]:
         return []
     roots = {lines[0][5:], lines[1][5:]}
     end = lines.index("end") if "end" in lines else len(lines)
-    dirty = {line[6:] for line in lines[end + 1:] if line.startswith("dirty ")}
+    dirty = {line[6:] for line in lines[end + 1:] if line.startswith("dirty ")}  # names
     found: list[HostWorktree] = []
     entry: dict[str, str] = {}
     for line in [*lines[2:end], ""]:
@@ -63,11 +62,12 @@ def list_host_worktrees(host: Host, paths: HostLayout) -> list[HostWorktree]:
             entry[key] = value
             continue
         path = entry.get("worktree", "")
-        if path.rpartition("/")[0] in roots and "prunable" not in entry:
+        parent, _, name = path.rpartition("/")
+        if parent in roots and "prunable" not in entry:
             branch = entry.get("branch")
-            found.append(HostWorktree(path.rpartition("/")[2], path,
-                                        branch.removeprefix("refs/heads/") if branch else None,
-                                        "locked" in entry, path in dirty))
+            found.append(HostWorktree(name, path,
+                                      branch.removeprefix("refs/heads/") if branch else None,
+                                      "locked" in entry, name in dirty))
         entry = {}
     return found
 
@@ -82,13 +82,9 @@ def fresh_results(config: Config, host: Host, worktrees: Mapping[str, str],
         {"id": name, "running": False, "cache": "",
          "roots": [{"key": "worktree", "path": path, "patterns": list(config.collect)}]}
         for name, path in worktrees.items()]}
-    result = host.run_script(listing_script(python_for(config, host), spec, host.root),
-                             timeout=max(config.host(host.name).command_timeout, 600.0))
-    raw = json.loads(result.check().stdout)
     fresh: dict[str, list[str]] = {}
-    for name, data in raw["workers"].items():
-        newer = sorted(rel for _, rel, _, mtime_ns, _ in data["files"]
-                       if mtime_ns / 1e9 > since.get(name, 0.0))
+    for name, listing in run_lister(config, host, spec).items():
+        newer = sorted(f.rel for f in listing.files if f.mtime_ns / 1e9 > since.get(name, 0.0))
         if newer:
             fresh[name] = newer
     return fresh

@@ -65,7 +65,12 @@ def listing_script(python: str, spec: Mapping[str, Any], root: str | None = None
 def list_host(config: Config, host: Host, records: Sequence[WorkerRecord],
               running: Mapping[str, bool]) -> dict[str, WorkerListing]:
     """One round trip: every candidate file of every given worker on this host, hashed."""
-    spec = listing_spec(records, config.collect, running)
+    return run_lister(config, host, listing_spec(records, config.collect, running))
+
+
+def run_lister(config: Config, host: Host, spec: Mapping[str, Any]
+               ) -> dict[str, WorkerListing]:
+    """Run the lister on the host with `spec` (see `listing_spec`); each spec id's listing."""
     root = None if host.local else host.root
     result = host.run_script(listing_script(python_for(config, host), spec, root),
                              timeout=_command_timeout(config, host))

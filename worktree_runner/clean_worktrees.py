@@ -153,7 +153,7 @@ def clean_host_worktrees(config: Config, backend: Backend, busy: set[str],
                              "--force to delete them")
     branches = [wt.branch for wt in go if wt.branch] if delete_branches else []
     done: dict[str, str] = {}
-    if not dry_run and (go or found):
+    if not dry_run:  # also when nothing is left to remove: prune what was deleted by hand
         out = host.run_script(removal_script(paths, config.shared, [wt.name for wt in go],
                                              branches, force=force)).check().stdout
         for line in out.splitlines():

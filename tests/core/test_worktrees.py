@@ -242,3 +242,14 @@ def test_removal_script_never_runs_a_hostile_branch_or_worktree_name(tmp_path: P
     assert not (tmp_path / "wt" / "a b").exists()
     assert not list(tmp_path.rglob("PWNED*"))
     assert hostile not in git(repo, "branch", "--format=%(refname:short)")
+
+
+def test_clean_worktrees_prunes_a_worktree_deleted_by_hand(repo_factory) -> None:
+    repo = repo_factory(files={"ok.py": "print('ok')\n"})
+    wt = WtRun(repo, write_config(repo, basic_config(["a"], "python ok.py")))
+    wt("launch", "--branches", "a", "--wait")
+    shutil.rmtree(repo / ".wt-run/worktrees/a")
+    assert "/worktrees/a" in git(repo, "worktree", "list")
+    out = wt("clean", "--worktrees").output
+    assert "prune stale worktree entries" in out
+    assert "/worktrees/a" not in git(repo, "worktree", "list")

@@ -43,7 +43,9 @@ elif mode == "ckpt":
         print("resumed from", (out / "checkpoint").read_text(), "restart", restarts, flush=True)
         sys.exit(0)
     def on_usr1(signum, frame):
-        (out / "checkpoint").write_text("step-7")
+        # Atomically: the test reads it as soon as the name appears.
+        (out / "checkpoint.tmp").write_text("step-7")
+        os.replace(out / "checkpoint.tmp", out / "checkpoint")
         print("checkpoint saved on USR1", flush=True)
         sys.exit(3)
     signal.signal(signal.SIGUSR1, on_usr1)

@@ -81,6 +81,8 @@ def _files_from_probe(entry: Any) -> dict[str, Any]:
         files["pid"] = entry["pid"].split()
         if isinstance(entry.get("now"), str):
             files["now"] = [entry["now"]]
+        if isinstance(entry.get("home"), bool):
+            files["home"] = [str(entry["home"])]
     if isinstance(entry.get("exit"), str):
         files["exit"] = entry["exit"].split()
     if entry.get("stop"):
@@ -208,11 +210,15 @@ def _derive_state(files: Mapping[str, Any], boot: str, now: float | None) -> Obs
         started = _float_field(pid_fields, "pid", 3)
         if len(pid_fields) > 2 and not _BOOT_ID.match(pid_fields[2]):
             raise _BadFile("pid", "holds no boot id")
-    if "exit" in files:
+    # The wrapper works in its worker directory until it writes the exit record (`home`): a
+    # process that matches the pid file in all of that is the wrapper, still deciding, even if
+    # an exit file is there (written by the worker, which could reach it).
+    same_boot = pid_fields is not None and len(pid_fields) > 2 and pid_fields[2] == boot
+    home = files.get("home", [None])[0]
+    alive = same_boot and files.get("now", [None])[0] == pid_fields[1] and home != "False"
+    if "exit" in files and not (alive and home == "True"):
         return _ended(files["exit"], stopped, pid, started, progress, now)
     if pid_fields is not None:
-        same_boot = len(pid_fields) > 2 and pid_fields[2] == boot
-        alive = same_boot and files.get("now", [None])[0] == pid_fields[1]
         if alive:
             return Observation(WorkerState.RUNNING, pid, None, None, started, None, progress, now)
         state = WorkerState.STOPPED if stopped else WorkerState.LOST

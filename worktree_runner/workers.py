@@ -187,10 +187,28 @@ def start_workers(host: Host, specs: Sequence[LaunchSpec], grace: float = 10.0,
 
 
 _STOP_FN = r"""
+wt_alive() {
+  # Whether the pid file names this worker's running wrapper: pid, start time and boot id
+  # agree, and the process still works in the worker directory (it leaves it as it writes
+  # the exit record). A pid file the worker rewrote names no other process, and never 0 or 1.
+  wd=$1
+  [ -f "$wd/pid" ] || return 1
+  read -r p start boot rest < "$wd/pid"
+  case $p in ''|*[!0-9]*) return 1 ;; esac
+  [ "$p" -gt 1 ] || return 1
+  read -r nb < /proc/sys/kernel/random/boot_id
+  cur=
+  if { read -r st < "/proc/$p/stat"; } 2>/dev/null; then
+    set -- ${st##*) }; shift 19; cur=$1
+  fi
+  [ "$boot" = "$nb" ] && [ -n "$cur" ] && [ "$cur" = "$start" ] || return 1
+  [ "$(cd -P "/proc/$p/cwd" 2>/dev/null && pwd)" = "$(cd -P "$wd" && pwd)" ]
+}
 wt_stop() {
   d=$1
   i=$2
-  if [ -f "$d/exit" ]; then echo "done $i"; return 0; fi
+  if wt_alive "$d"; then alive=1; else alive=; fi
+  if [ -z "$alive" ] && [ -f "$d/exit" ]; then echo "done $i"; return 0; fi
   : > "$d/stop"
   if [ ! -f "$d/pid" ] && [ -f "$d/queued" ]; then
     # Out of the queue by rename: the drainer can no longer take it (or already has, and
@@ -205,13 +223,7 @@ wt_stop() {
     fi
   fi
   if [ ! -f "$d/pid" ]; then echo "marked $i"; return 0; fi
-  read -r p start boot rest < "$d/pid"
-  read -r nb < /proc/sys/kernel/random/boot_id
-  cur=
-  if { read -r st < "/proc/$p/stat"; } 2>/dev/null; then
-    set -- ${st##*) }; shift 19; cur=$1
-  fi
-  if [ "$boot" != "$nb" ] || [ "$cur" != "$start" ]; then echo "mismatch $i"; return 0; fi
+  if [ -z "$alive" ]; then echo "mismatch $i"; return 0; fi
   kill -TERM "-$p" 2>/dev/null
   echo "signalled $i"
   PIDS="$PIDS $p"

@@ -299,3 +299,85 @@ def test_random_bytes_in_worker_files_never_fake_a_state_ssh(
 
     _tamper_and_check(observe, dirs, random.Random(99), 25)
     run_cli(config, "stop", "--all")
+
+
+FORGER = ("import os, sys, time\n"
+          "d = os.path.dirname(os.environ['WT_RUN_OUT'])\n"
+          "what = sys.argv[1]\n"
+          "if what == 'pid':\n"
+          "    victim = int(sys.argv[2])\n"
+          "    ticks = open(f'/proc/{victim}/stat').read().rsplit(')', 1)[1].split()[19]\n"
+          "    boot = open('/proc/sys/kernel/random/boot_id').read().strip()\n"
+          "    open(os.path.join(d, 'pid'), 'w').write(f'{victim} {ticks} {boot} 1\\n')\n"
+          "elif what == 'exit':\n"
+          "    open(os.path.join(d, 'exit'), 'w').write(f'0 {int(time.time())} exit\\n')\n"
+          "else:\n"
+          "    os.mkfifo(os.path.join(os.environ['WT_RUN_OUT'], 'progress.json'))\n"
+          "print('forged', flush=True)\n"
+          "time.sleep(300)\n")
+
+
+def _forging(repo_factory, *args: str) -> tuple[WtRun, Path]:
+    wt = _wt(repo_factory, "python forge.py " + " ".join(args), branches=("a",),
+             files={"forge.py": FORGER}, stop_grace=1)
+    wt("launch", "--branches", "a")
+    log = Path(_workers(wt)["a"]["log"])
+    wt.wait_for(lambda s: "forged" in log.read_text())
+    return wt, log
+
+
+def test_a_pid_file_the_worker_rewrote_never_signals_a_stranger(repo_factory) -> None:
+    """The pid file is in the worker's reach: pointed at another process (right pid, start
+    time and boot id), stop must not signal it, and status must not call the worker running
+    on that process's account."""
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                                start_new_session=True)
+    try:
+        wt, _ = _forging(repo_factory, "pid", str(stranger.pid))
+        assert _workers(wt)["a"]["state"] != "running"
+        wt("stop", "a")
+        assert stranger.poll() is None and _alive(stranger.pid)
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_stop_never_signals_pid_0_or_1(tmp_path: Path) -> None:
+    """A pid file naming process 1 (the identity of pid 1 is easy to copy) or garbage: the stop
+    script's `kill` is never reached for it. `kill` is shadowed to record what it was asked."""
+    from worktree_runner.workers import stop_script
+
+    ticks = Path("/proc/1/stat").read_text().rsplit(")", 1)[1].split()[19]
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    calls = tmp_path / "kill-calls"
+    dirs = []
+    for i, pid in enumerate(["1", "0", "-1", "1x"]):
+        d = tmp_path / f"w{i}"
+        d.mkdir()
+        (d / "pid").write_text(f"{pid} {ticks} {boot} 1\n")
+        dirs.append(str(d))
+    script = f'kill() {{ echo "$*" >> {calls}; }}\n' + stop_script(dirs, 0.2)
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True,
+                         cwd="/")
+    assert out.stdout.split() == ["mismatch", "0", "mismatch", "1", "mismatch", "2",
+                                  "mismatch", "3"]
+    assert not calls.exists()
+
+
+def test_an_exit_file_the_worker_wrote_does_not_end_it(repo_factory) -> None:
+    """A running worker that writes `exit 0` into its own exit file still reads running,
+    and stop still stops it."""
+    wt, _ = _forging(repo_factory, "exit")
+    for _ in range(3):
+        assert _workers(wt)["a"]["state"] == "running"
+    wt("stop", "a")
+    worker = wt.status()["workers"][0]
+    wt.wait_states({"a": "stopped"})
+    assert not _alive(worker["pid"])
+
+
+def test_a_fifo_in_place_of_progress_json_does_not_hang_status(repo_factory) -> None:
+    wt, _ = _forging(repo_factory, "fifo")
+    assert _workers(wt)["a"]["state"] == "running"
+    wt("stop", "a")
+    wt.wait_states({"a": "stopped"})

@@ -18,14 +18,22 @@ PROGRESS = 65536  # progress.json larger than this is not read
 
 
 def read_text(path, limit):
-    """(text or None when absent, problem or None)."""
+    """(text or None when absent, problem or None). Opened without blocking and read only
+    when it is a plain file: a FIFO a worker made in its place must not hang the probe."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(limit + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return None, None
     except OSError as exc:
         return None, "unreadable (%s)" % exc.strerror
+    try:
+        if os.fstat(fd).st_mode & 0o170000 != 0o100000:
+            return None, "not a plain file"
+        data = os.read(fd, limit + 1)
+    except OSError as exc:
+        return None, "unreadable (%s)" % exc.strerror
+    finally:
+        os.close(fd)
     if len(data) > limit:
         return None, "larger than %d bytes" % limit
     return data.decode("utf-8", "replace"), None
@@ -49,6 +57,15 @@ def start_ticks(pid):
         # A zombie (dead, not yet reaped by its parent) is not alive.
         return None if fields[0] in (b"Z", b"X") else fields[19].decode()
     except (OSError, ValueError, IndexError):
+        return None
+
+
+def at_home(pid, d):
+    """Whether process `pid` works in directory `d`, as a worker's wrapper does until it writes
+    its exit record; None when that cannot be seen (another user's process)."""
+    try:
+        return os.readlink("/proc/%d/cwd" % pid) == os.path.realpath(d)
+    except OSError:
         return None
 
 
@@ -77,6 +94,7 @@ def worker(d):
         files["pid"] = text
         pid = leading_int(text)
         files["now"] = start_ticks(pid) if pid else None
+        files["home"] = at_home(pid, d) if files["now"] else None
     files["exit"], problems["exit"] = read_text(os.path.join(d, "exit"), SMALL)
     files["stop"] = os.path.lexists(os.path.join(d, "stop"))
     files["progress"], problems["progress"] = read_text(

@@ -13,6 +13,7 @@ import sys
 import time
 
 WORKER_DIR = sys.argv[1] if len(sys.argv) > 1 else ""
+HERE = os.path.dirname(os.path.abspath(__file__))
 GRACE = float(sys.argv[2]) if len(sys.argv) > 2 else 10.0
 ME = os.getpid()
 
@@ -82,7 +83,16 @@ def is_cmd_shell(pid):
 
 def main(recorder=None):
     """Run the worker of WORKER_DIR. `recorder`: (pid, start ticks) of the launch's process
-    that writes this worker's environment record; None: record it here, in a child."""
+    that writes this worker's environment record; None: record it here, in a child.
+
+    The wrapper's working directory is its worker directory for as long as the command's
+    outcome is open, and `/` once it writes the exit record: readers take a process for this
+    worker's wrapper only when pid, start time, boot id *and* that directory agree, so a `pid`
+    file a worker rewrote can never point a stop at a stranger, nor an `exit` file it wrote
+    end a wrapper that still runs."""
+    global WORKER_DIR
+    WORKER_DIR = os.path.abspath(WORKER_DIR)
+    os.chdir(WORKER_DIR)
     try:
         os.setsid()  # a group of our own (already ours when started by setsid)
     except OSError:
@@ -123,6 +133,7 @@ def main(recorder=None):
     signal.signal(signal.SIGUSR1, forward_usr1)
 
     if os.path.exists(os.path.join(WORKER_DIR, "stop")) or state["forwarded"]:
+        os.chdir("/")
         write("exit", "0 %d never\n" % int(time.time()))
         return 143
     ooms_before = oom_kills()
@@ -171,6 +182,7 @@ def main(recorder=None):
                 pass
     record = "%d %d %s\n" % (value, int(time.time()), how)
     if not retried(how, value, ooms_before, record):
+        os.chdir("/")  # the outcome is final: no longer this worker's running wrapper
         write("exit", record)
         wake_queue()
         notify(how, value, ooms_before)
@@ -224,7 +236,7 @@ def background_priority():
 
 def wake_queue():
     """A slot is free: wake this host's queue drainer now rather than at its next poll."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "queue", "drainer.pid")
+    path = os.path.join(HERE, "queue", "drainer.pid")
     try:
         with open(path) as fh:
             fields = fh.read().split()
@@ -284,7 +296,7 @@ def may_retry(meta, reason):
 def record_env(cache=None):
     """env.json: what the worker runs with (envinfo.py beside this file, from env.ctx), as
     its command starts; skipped when the host program is missing (an older install)."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, HERE)
     try:
         import envinfo
     except ImportError:
@@ -315,7 +327,7 @@ def retried(how, value, ooms_before, record):
     """Back into the host's queue as the next attempt when the retry policy says so. The
     ended attempt's exit record goes straight to its shelf (attempts/<n>/), so no status
     ever sees this worker in a terminal state it is about to leave."""
-    root = os.path.dirname(os.path.abspath(__file__))
+    root = HERE
     drainer = os.path.join(root, "drainer.py")
     if os.path.exists(os.path.join(WORKER_DIR, "stop")) or not os.path.exists(drainer):
         return False

@@ -6,7 +6,7 @@ Layout of what is collected (`results/` in the repository unless `--dest`)::
     results/<run>/<name>/
       worker.json          the WorkerRecord as JSON, plus the observed state and a collect summary
       log                  the worker's stdout+stderr (latest attempt)
-      attempts/<n>/log     logs of earlier attempts
+      attempts/<n>/log     logs of earlier attempts, and attempts/<n>/out/ their outputs
       out/...              the worker's $WT_RUN_OUT: metrics, checkpoints, TensorBoard files...
       worktree/...         files matching `collect:` globs, at their worktree-relative paths
       .collect/            bookkeeping: index.json (verified sha256 of every file collected),

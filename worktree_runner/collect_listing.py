@@ -18,7 +18,7 @@ from .observe import NO_PYTHON_EXIT, find_python
 from .runs import WorkerRecord
 
 SETTLE_S = 2.0
-WORKER_PATTERNS = ("log", "attempts/*/log", "out/**")
+WORKER_PATTERNS = ("log", "attempts/*/log", "out/**", "attempts/*/out/**")
 
 
 def lister_source() -> str:

@@ -175,11 +175,17 @@ def read_jsonl(path: Path) -> dict[str, Curve]:
     return {k: Curve(tuple(s), tuple(v)) for k, (s, v) in series.items()}
 
 
+def latest_attempt(root: Path, path: Path) -> bool:
+    """False for what an earlier attempt left (collected under attempts/<n>/)."""
+    return path.relative_to(root).parts[0] != "attempts"
+
+
 def read_tensorboard(root: Path) -> tuple[dict[str, Curve], float | None]:
     """Scalar curves from every TensorBoard event directory under root, and the wall-time
     span they cover. Tags from a sub-run directory get its path as a prefix when there are
     several directories."""
-    dirs = sorted({p.parent for p in root.rglob(f"{TB_PREFIX}*") if p.is_file()})
+    dirs = sorted({p.parent for p in root.rglob(f"{TB_PREFIX}*")
+                   if p.is_file() and latest_attempt(root, p)})
     if not dirs:
         return {}, None
     from tensorboard.backend.event_processing.event_accumulator import (
@@ -226,6 +232,7 @@ def checkpoint_size(root: Path) -> int | None:
     """Size of the largest checkpoint file (one model's size, not all kept copies)."""
     sizes = [p.stat().st_size for p in root.rglob("*")
              if p.is_file() and not p.is_symlink() and ".collect" not in p.parts
+             and latest_attempt(root, p)
              and (p.suffix in CHECKPOINT_SUFFIXES or any(
                  part.startswith("checkpoint") for part in p.relative_to(root).parts[:-1]))]
     return max(sizes) if sizes else None

@@ -179,9 +179,10 @@ wt_prep() {
     n=1
     while [ -e "$d/attempts/$n" ]; do n=$((n+1)); done
     mkdir -p "$d/attempts/$n"
-    for f in pid exit stop job log cmd.sh job.sh requeues tasks tasks.sh; do
+    for f in pid exit stop job log cmd.sh job.sh requeues tasks tasks.sh out; do
       if [ -e "$d/$f" ]; then mv -f "$d/$f" "$d/attempts/$n/"; fi
     done
+    mkdir -p "$d/out" || { echo "error $2 cannot create $d/out"; return 1; }
   fi
   printf '%s' "$3" > "$d/cmd.sh"
   printf '%s' "$4" > "$d/meta.json"

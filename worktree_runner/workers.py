@@ -8,7 +8,7 @@ Files in a worker directory (`<root>/runs/<run>/workers/<name>/`):
   exit     "<value> <epoch> <how>" written by the wrapper once the command and what it left in
            its process group have ended, by rename; how: exit | signal | never
   stop     marker: a user asked this worker to stop
-  log      stdout and stderr; earlier attempts move to attempts/<n>/
+  log      stdout and stderr; earlier attempts (log, out/, records) move to attempts/<n>/
   out/     WT_RUN_OUT
 """
 
@@ -79,6 +79,10 @@ def command_script(spec: LaunchSpec) -> str:
                  f"{q(d + '/gpus')}; export CUDA_VISIBLE_DEVICES; fi")
     lines.append(f"if [ -f {q(d + '/attempt')} ]; then read -r WT_RUN_ATTEMPT < "
                  f"{q(d + '/attempt')}; export WT_RUN_ATTEMPT; fi")
+    # A retry or rerun starts with an empty out/; the attempt before it is one folder away.
+    previous = f"{q(d + '/attempts/')}\"$((WT_RUN_ATTEMPT - 1))\"/out"
+    lines.append(f'if [ "${{WT_RUN_ATTEMPT:-1}}" -gt 1 ] 2>/dev/null && [ -d {previous} ]; '
+                 f"then WT_RUN_PREVIOUS_OUT={previous}; export WT_RUN_PREVIOUS_OUT; fi")
     # The worker imports its own worktree's code first, even when a shared virtualenv has
     # the project installed in editable mode from the main checkout.
     lines.append(f'export PYTHONPATH={q(spec.worktree)}"${{PYTHONPATH:+:$PYTHONPATH}}"')
@@ -103,16 +107,19 @@ def install_wrapper_script(root: str) -> str:
 _LAUNCH_FN = r"""
 wt_prepare() {
   d=$1
-  mkdir -p "$d/out" || { echo "error $3 cannot create $d"; return 1; }
+  mkdir -p "$d" || { echo "error $3 cannot create $d"; return 1; }
   n=1
   while [ -e "$d/attempts/$n" ]; do n=$((n+1)); done
   if [ -e "$d/pid" ] || [ -e "$d/exit" ] || [ -e "$d/spawn" ] || [ -e "$d/log" ]; then
+    # The earlier attempt's record and outputs (out/ too: its checkpoints and metrics are
+    # never overwritten or mixed with the next attempt's) move to attempts/<n>/.
     mkdir -p "$d/attempts/$n"
-    for f in pid exit stop spawn log cmd.sh queued gpus env.json; do
+    for f in pid exit stop spawn log cmd.sh queued gpus env.json out; do
       if [ -e "$d/$f" ]; then mv -f "$d/$f" "$d/attempts/$n/"; fi
     done
     n=$((n+1))
   fi
+  mkdir -p "$d/out" || { echo "error $3 cannot create $d/out"; return 1; }
   rm -f "$d/stop"
   printf '%s
 ' "$n" > "$d/attempt"

@@ -261,3 +261,34 @@ def test_usr1_to_wrapper_reaches_the_command_not_its_shell(repo_factory) -> None
     wt.wait_states({"u": "failed"})
     assert wt.status()["workers"][0]["exit_code"] == 75
     assert (Path(worker["out"]) / "checkpoint").read_text() == "x"
+
+
+def test_a_rerun_keeps_the_earlier_attempts_outputs(repo_factory) -> None:
+    """A rerun starts with an empty out/: the earlier attempt's checkpoint and metrics move to
+    attempts/1/out (nothing overwritten, nothing mixed), collect brings both back, and compare
+    reads only the current attempt's metrics."""
+    script = ("import json, os\n"
+              "a = os.environ['WT_RUN_ATTEMPT']\n"
+              "out = os.environ['WT_RUN_OUT']\n"
+              "print('previous', os.environ.get('WT_RUN_PREVIOUS_OUT'), sorted(os.listdir(out)))\n"
+              "open(os.path.join(out, 'ckpt.pt'), 'w').write('weights of attempt ' + a)\n"
+              "with open(os.path.join(out, 'metrics.jsonl'), 'a') as fh:\n"
+              "    fh.write(json.dumps({'step': 1, 'accuracy': 0.9 if a == '1' else 0.1}))\n"
+              "    fh.write('\\n')\n")
+    repo = repo_factory(files={"ck.py": script})
+    wt = WtRun(repo, write_config(repo, basic_config(("a",), "python ck.py")))
+    wt("launch", "--branches", "a", "--wait")
+    rid = run_id(wt)
+    wt("launch", "--branches", "a", "--run", rid, "--wait")
+    (w,) = wt.status(rid)["workers"]
+    first = Path(w["log"]).parent / "attempts" / "1"
+    assert (first / "out" / "ckpt.pt").read_text() == "weights of attempt 1"
+    assert (Path(w["out"]) / "ckpt.pt").read_text() == "weights of attempt 2"
+    assert len((Path(w["out"]) / "metrics.jsonl").read_text().splitlines()) == 1
+    assert f"previous {first / 'out'} []" in Path(w["log"]).read_text()
+    wt("collect", "--run", rid)
+    dest = repo / "results" / rid / "a"
+    assert (dest / "attempts" / "1" / "out" / "ckpt.pt").read_text() == "weights of attempt 1"
+    assert (dest / "out" / "ckpt.pt").read_text() == "weights of attempt 2"
+    doc = json.loads(wt("compare", "--run", rid, "--format", "json").output)
+    assert "0.1" in json.dumps(doc) and "0.9" not in json.dumps(doc)

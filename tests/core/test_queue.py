@@ -102,6 +102,8 @@ def test_cuda_oom_on_the_first_attempt_is_retried_to_success(repo_factory) -> No
     script = ("import os, sys\n"
               "a = int(os.environ['WT_RUN_ATTEMPT'])\n"
               "print('attempt', a, flush=True)\n"
+              "open(os.path.join(os.environ['WT_RUN_OUT'], 'ckpt.pt'), 'w').write(str(a))\n"
+              "print('previous', os.environ.get('WT_RUN_PREVIOUS_OUT'), flush=True)\n"
               "if a == 1:\n"
               "    print('torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB')\n"
               "    sys.exit(1)\n")
@@ -119,6 +121,10 @@ def test_cuda_oom_on_the_first_attempt_is_retried_to_success(repo_factory) -> No
     first = Path(w["log"]).parent / "attempts/1"
     assert "CUDA out of memory" in (first / "log").read_text()
     assert (first / "exit").read_text().split()[0] == "1"
+    # The failed attempt's outputs are kept, not overwritten by the retry's.
+    assert (first / "out" / "ckpt.pt").read_text() == "1"
+    assert (Path(w["out"]) / "ckpt.pt").read_text() == "2"
+    assert f"previous {first / 'out'}" in Path(w["log"]).read_text()
     assert "attempt 2" in Path(w["log"]).read_text()
     assert notified.read_text() == "a succeeded 0\n"  # once, when it ended for good
 

@@ -92,7 +92,7 @@ def enqueue(items, locked=False):
             lock.release()
 
 
-SHELVED = ("pid", "exit", "spawn", "log", "queued", "gpus", "env.json")
+SHELVED = ("pid", "exit", "spawn", "log", "queued", "gpus", "env.json", "out")
 
 
 def requeue(d, locked=False):
@@ -106,6 +106,7 @@ def requeue(d, locked=False):
     for name in SHELVED:
         if os.path.lexists(os.path.join(d, name)):
             os.replace(os.path.join(d, name), os.path.join(shelf, name))
+    os.makedirs(os.path.join(d, "out"), exist_ok=True)
     write(os.path.join(d, "attempt"), "%d\n" % (n + 1))
     print("shelf " + shelf, flush=True)
     meta = read_meta(d)

@@ -271,7 +271,7 @@ def _collect_host(config: Config, store: RunStore, run_id: str, host_name: str,
                               / "worker")
         out: list[WorkerCollect] = []
         try:
-            listing = list_host(config, host, recs, running)
+            listing = list_host(config, host, recs, running, root)
             plans = []
             for rec in recs:
                 wl = listing[rec.name]

@@ -111,16 +111,22 @@ class Lister:
         self.skipped = []
         self.seen = set()
         self.pending = []  # (key, path, rel, stat) of files to list, once hashed
+        self.exclude = set()  # (st_dev, st_ino) of directories never entered
 
     def skip(self, key, rel, reason):
         if (key, rel) not in self.seen:
             self.seen.add((key, rel))
             self.skipped.append([key, ascii(rel)[1:-1] if unsafe_name(rel) else rel, reason])
 
-    def walk_root(self, key, root, patterns):
+    def walk_root(self, key, root, patterns, exclude=()):
         if not os.path.isdir(root) or os.path.islink(root):
             self.skip(key, ".", "directory is missing on the host")
             return
+        self.exclude = set()
+        for path in exclude:
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                self.exclude.add((st.st_dev, st.st_ino))
         real_root = os.path.realpath(root)
         for pattern in patterns:
             problem = pattern_problem(pattern)
@@ -167,6 +173,11 @@ class Lister:
                 self.symlink(key, root, real_root, rel)
             return
         if stat.S_ISDIR(st.st_mode):
+            if (st.st_dev, st.st_ino) in self.exclude:
+                # wt-run's own results or state inside the tree (`generate` runs in the
+                # repository itself): collecting them would copy results into results.
+                self.skip(key, rel, "wt-run's own results or state directory, not collected")
+                return
             try:
                 names = sorted(os.listdir(path))
             except OSError as exc:
@@ -268,7 +279,8 @@ def list_workers(specs, now, settle_s):
         lister = Lister(now, bool(spec.get("running")), settle_s,
                         load_cache(spec.get("cache") or ""))
         for root in spec["roots"]:
-            lister.walk_root(root["key"], root["path"], root["patterns"])
+            lister.walk_root(root["key"], root["path"], root["patterns"],
+                             root.get("exclude") or ())
         listers.append(lister)
     jobs = [(lister, item) for lister in listers for item in lister.pending]
     digests = [lister.cached(item) for lister, item in jobs]

@@ -32,12 +32,15 @@ def python_for(config: Config, host: Host) -> str:
 
 
 def listing_spec(records: Sequence[WorkerRecord], patterns: Sequence[str],
-                 running: Mapping[str, bool]) -> dict[str, Any]:
+                 running: Mapping[str, bool], exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """What the lister walks for each worker. `exclude`: directories never entered (wt-run's
+    results and state, which lie inside the tree `generate` runs in)."""
     workers = []
     for rec in records:
         roots = [{"key": "worker", "path": rec.worker_dir, "patterns": list(WORKER_PATTERNS)}]
         if rec.worktree and patterns:
-            roots.append({"key": "worktree", "path": rec.worktree, "patterns": list(patterns)})
+            roots.append({"key": "worktree", "path": rec.worktree, "patterns": list(patterns),
+                          "exclude": list(exclude)})
         workers.append({"id": rec.name, "roots": roots, "running": running[rec.name],
                         "cache": f"{rec.worker_dir}/.collect-sums.json"})
     return {"workers": workers, "settle_s": SETTLE_S}
@@ -63,9 +66,13 @@ def listing_script(python: str, spec: Mapping[str, Any], root: str | None = None
 
 
 def list_host(config: Config, host: Host, records: Sequence[WorkerRecord],
-              running: Mapping[str, bool]) -> dict[str, WorkerListing]:
-    """One round trip: every candidate file of every given worker on this host, hashed."""
-    return run_lister(config, host, listing_spec(records, config.collect, running))
+              running: Mapping[str, bool], dest: Path | None = None
+              ) -> dict[str, WorkerListing]:
+    """One round trip: every candidate file of every given worker on this host, hashed. On
+    this machine the results (`dest` and the default one) and wt-run's state stay out."""
+    exclude = [str(p) for p in (dest, config.repo / "results", config.state_dir)
+               if p is not None] if host.local else []
+    return run_lister(config, host, listing_spec(records, config.collect, running, exclude))
 
 
 def run_lister(config: Config, host: Host, spec: Mapping[str, Any]

@@ -246,3 +246,27 @@ def test_live_worker_only_complete_files_then_marked_after_stop(tmp_path: Path) 
     assert w.state == "stopped" and w.ok and w.marked
     assert (dest / "out" / "metrics.jsonl").read_bytes() == (
         wdir / "out" / "metrics.jsonl").read_bytes()
+
+
+def test_a_generate_run_never_collects_wt_runs_own_results(tmp_path: Path) -> None:
+    """`generate` runs in the repository itself, where `results/` (every collect so far) and
+    `.wt-run/` lie: its collect takes what the globs match there, but never those, so results
+    do not end up inside results, doubling with every collect."""
+    import sys
+
+    import yaml
+
+    cfg = make_training_repo(tmp_path / "repo", {"a": {}}, collect=("results/**", "**/*.pt"))
+    doc = yaml.safe_load(cfg.read_text())
+    doc["commands"]["generate"] = f"{sys.executable} -c \"open('made.pt', 'w').write('m')\""
+    cfg.write_text(yaml.safe_dump(doc))
+    wt(cfg, "launch", "--branches", "a", "--wait")
+    wt(cfg, "collect")
+    wt(cfg, "generate", "--wait")
+    gen_run = latest_run(cfg)
+    report = collect(load_config(cfg), run=gen_run)
+    assert report.ok
+    got = tree(tmp_path / "repo" / "results" / gen_run / "generate" / "worktree")
+    assert got == {"made.pt": b"m"}, sorted(got)[:5]
+    w = report.workers[0]
+    assert any("wt-run's own" in s.reason for s in w.skipped), w.skipped

@@ -52,6 +52,7 @@ from .collect_files import (
     inside,
     safe_rel,
     same_mtime,
+    secure_staging,
 )
 from .collect_listing import list_host
 from .collect_model import (
@@ -91,6 +92,7 @@ class WorkerPlan:
     index: LocalIndex
     fetch: list[RemoteFile] = field(default_factory=list)
     refused: list[Skipped] = field(default_factory=list)
+    error: str | None = None  # nothing may be written for this worker
 
     @property
     def staging(self) -> Path:
@@ -100,9 +102,12 @@ class WorkerPlan:
 def plan_worker(rec: WorkerRecord, dest: Path, listing: WorkerListing, state: str,
                 running: bool) -> WorkerPlan:
     """Decide, for every listed file, whether its verified copy is already here."""
-    dest.mkdir(parents=True, exist_ok=True)
     plan = WorkerPlan(rec, dest, listing, state, running,
                       LocalIndex(dest / BOOKKEEPING / "index.json"))
+    if dest.is_symlink():  # everything would land wherever it points: write nothing
+        plan.error = f"{dest} is a symlink, not a directory: remove it and collect again"
+        return plan
+    dest.mkdir(parents=True, exist_ok=True)
     for f in listing.files:
         problem = safe_rel(f.rel)
         target = dest / f.local_rel
@@ -135,7 +140,9 @@ def transfer_worker(plan: WorkerPlan, transport: Transport, observer: CollectObs
         with StagedHasher([(plan.staging / f.root / f.rel, f) for f in pending]) as hasher:
             for (root, group), upcoming in zip(groups, [*ahead, then]):
                 if upcoming is not None and attempt == 1:
+                    secure_staging(upcoming[1])
                     transport.prepare(*upcoming)
+                secure_staging(plan.staging / root)
                 moved = transport.fetch(_source_root(plan, root), [f.rel for f in group],
                                         plan.staging / root, {f.rel: f.size for f in group},
                                         observer)
@@ -196,6 +203,8 @@ def _verify_and_place(plan: WorkerPlan, f: RemoteFile, hasher: StagedHasher
         return "retry", (f"checksum mismatch: host sha256 {f.sha256[:16]}…, copy "
                          f"{digest[:16]}… (copy discarded)")
     target = plan.dest / f.local_rel
+    if not inside(plan.dest, target.parent / "x"):
+        return "retry", "refused: target directory resolves outside the results directory"
     target.parent.mkdir(parents=True, exist_ok=True)
     if not inside(plan.dest, target.parent / "x"):
         return "retry", "refused: target directory resolves outside the results directory"
@@ -267,8 +276,9 @@ def _collect_host(config: Config, store: RunStore, run_id: str, host_name: str,
             # first worker's files, while the host lists and hashes.
             transport = OpenSSHTransport(host)
             transport.connect_early()
-            transport.prepare(first.worker_dir, root / first.name / BOOKKEEPING / "incoming"
-                              / "worker")
+            staging = root / first.name / BOOKKEEPING / "incoming" / "worker"
+            secure_staging(staging)
+            transport.prepare(first.worker_dir, staging)
         out: list[WorkerCollect] = []
         try:
             listing = list_host(config, host, recs, running, root)
@@ -305,6 +315,9 @@ def _states(config: Config, host_name: str, recs: Sequence[WorkerRecord],
 
 def _finish_worker(store: RunStore, run_id: str, plan: WorkerPlan, transport: Transport | None,
                    observer: CollectObserver, then: tuple[str, Path] | None) -> WorkerCollect:
+    if plan.error:
+        return WorkerCollect(plan.rec.name, plan.rec.host, plan.state, plan.dest, "none", 0, 0,
+                             0, 0, plan.listing.skipped, (plan.error,), False)
     moved, errors, changed = TransferResult(), [], []
     used = transport if plan.fetch else None
     if used is not None:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,35 @@ def inside(base: Path, path: Path) -> bool:
     real_base = os.path.realpath(base)
     real = os.path.realpath(path)
     return real.startswith(real_base + os.sep)
+
+
+def secure_staging(staging: Path) -> None:
+    """Make a staging directory (`<dest>/.collect/incoming/<root>`) safe to write into before
+    any transfer does: every directory from the worker's results directory down is a real
+    one, and nothing inside is a symlink or a special file. The staging area is wt-run's own
+    and never holds a link; one there was planted (a local worker can write into results/),
+    and a transfer writing through it would land outside the destination."""
+    top = staging.parents[2]
+    if top.is_symlink():
+        raise OSError(f"{top} is a symlink; remove it and collect again")
+    top.mkdir(parents=True, exist_ok=True)
+    here = top
+    for part in staging.relative_to(top).parts:
+        here = here / part
+        try:
+            st = os.lstat(here)
+        except FileNotFoundError:
+            here.mkdir()
+            continue
+        if not stat.S_ISDIR(st.st_mode):  # a link, a file or a FIFO where a directory goes
+            os.unlink(here)
+            here.mkdir()
+    for folder, dirs, files in os.walk(staging):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            mode = os.lstat(path).st_mode
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                os.unlink(path)
 
 
 def sha256_file(path: Path) -> str:

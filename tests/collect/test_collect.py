@@ -270,3 +270,38 @@ def test_a_generate_run_never_collects_wt_runs_own_results(tmp_path: Path) -> No
     assert got == {"made.pt": b"m"}, sorted(got)[:5]
     w = report.workers[0]
     assert any("wt-run's own" in s.reason for s in w.skipped), w.skipped
+
+
+@pytest.mark.parametrize("planted", [".collect/incoming/worker/out", ".collect/incoming",
+                                     ".collect"])
+def test_a_symlink_planted_in_staging_is_never_written_through(tmp_path: Path,
+                                                               planted: str) -> None:
+    """A local worker can write into results/: a symlink it plants in wt-run's staging area
+    is removed before any transfer, so nothing lands outside the destination."""
+    cfg = make_training_repo(tmp_path / "repo", {"a": {}})
+    wt(cfg, "launch", "--branches", "a", "--wait")
+    run = latest_run(cfg)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link = tmp_path / "repo" / "results" / run / "a" / planted
+    link.parent.mkdir(parents=True)
+    link.symlink_to(outside, target_is_directory=True)
+    report = collect(load_config(cfg), run=run)
+    assert report.ok and report.workers[0].marked
+    assert list(outside.rglob("*")) == []
+    assert (tmp_path / "repo" / "results" / run / "a" / "out" / "checkpoints"
+            / "last.pt").is_file()
+
+
+def test_a_worker_results_directory_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    cfg = make_training_repo(tmp_path / "repo", {"a": {}})
+    wt(cfg, "launch", "--branches", "a", "--wait")
+    run = latest_run(cfg)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "repo" / "results" / run).mkdir(parents=True)
+    (tmp_path / "repo" / "results" / run / "a").symlink_to(outside, target_is_directory=True)
+    report = collect(load_config(cfg), run=run)
+    w = report.workers[0]
+    assert not report.ok and not w.marked and any("is a symlink" in e for e in w.errors)
+    assert list(outside.rglob("*")) == []

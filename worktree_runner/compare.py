@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .compare_code import CodeDiff, code_diffs
 from .compare_confounders import Confounder, between, within
-from .compare_groups import Group, Winner, build_groups, winners
+from .compare_groups import FAILED_STATES, Group, Winner, build_groups, winners
 from .compare_read import (
     BranchResult,
     Curve,
@@ -63,13 +63,18 @@ class Comparison:
         return next(g for g in self.groups if g.name == name)
 
     def best_name(self, metric: str, best_of_curve: bool = False) -> set[str]:
-        """Workers holding the best value of a metric column (ties all win; `baseline-*`
-        reference workers never do)."""
+        """Workers holding the best value of a metric column (ties all win; reference
+        workers never do, nor failed ones; once any succeeded, only those that did)."""
         how = direction(metric)
         if how is None:
             return set()
+        candidates = [b for b in self.branches if not b.reference]
+        if any(b.state == "succeeded" for b in candidates):
+            candidates = [b for b in candidates if b.state == "succeeded"]
+        else:  # nothing finished yet: the live ones lead, never the failed
+            candidates = [b for b in candidates if b.state not in FAILED_STATES]
         values = {b.name: (b.best(metric) if best_of_curve else b.value(metric))
-                  for b in self.branches if not b.reference}
+                  for b in candidates}
         present = {n: v for n, v in values.items() if v is not None and not math.isnan(v)}
         if len(present) < 2:
             return set()

@@ -35,8 +35,10 @@ class Group:
 
     @property
     def reference(self) -> bool:
-        """A `baseline-*` group: shown as a reference, never ranked best."""
-        return self.name.startswith(REFERENCE_PREFIX) or all(b.reference for b in self.members)
+        """A group of reference workers: shown as a reference, never ranked best."""
+        if not self.members:
+            return self.name.startswith(REFERENCE_PREFIX)
+        return all(b.reference for b in self.members)
 
     @property
     def n(self) -> int:

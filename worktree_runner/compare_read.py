@@ -101,11 +101,13 @@ class BranchResult:
     group: str | None = None  # as recorded at launch; None for runs from before sweeps
     env: Mapping[str, Any] = field(default_factory=dict)
     progress: Mapping[str, float] = field(default_factory=dict)  # epoch/epochs/step/steps
+    entry: str | None = None  # the `branches:` entry a sweep worker comes from
 
     @property
     def reference(self) -> bool:
-        """A `baseline-*` worker: a reference result, shown but never ranked best."""
-        return self.name.startswith(REFERENCE_PREFIX)
+        """A reference result, shown but never ranked best: its `branches:` entry is named
+        `baseline-*` (not a worker name a sweep derived from an entry named `baseline`)."""
+        return (self.entry or self.name).startswith(REFERENCE_PREFIX)
 
     @property
     def finished(self) -> bool:
@@ -324,7 +326,7 @@ def _identity(rec: WorkerRecord, meta: Mapping[str, Any],
         seed = int(raw) if raw.lstrip("-").isdigit() else None
     group = pick("group", str)
     return {"vars": vars_out, "seed": seed, "group": group or None,
-            "env": dict(pick("env", dict) or {})}
+            "env": dict(pick("env", dict) or {}), "entry": pick("entry", str) or None}
 
 
 def _confusion(summary: Mapping[str, Any]) -> tuple[tuple[tuple[float, ...], ...] | None,

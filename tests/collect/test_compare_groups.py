@@ -238,3 +238,42 @@ def test_runs_from_before_sweeps_group_by_branch_and_vars() -> None:
     assert first.vars == {"lr": "0.1"} and first.n == 3
     assert (first.metrics["acc"].mean, first.metrics["acc"].std) == (2.0, 1.0)
     assert groups[2].reference and not groups[1].reference
+
+
+def test_reference_comes_from_the_entry_name_not_a_swept_worker_name() -> None:
+    """An entry named `baseline` swept over lr gives workers `baseline-lr0.1-s0`: still a
+    contender. An entry named `baseline-oracle` stays a reference, swept or not."""
+    from dataclasses import replace
+
+    swept = [replace(_result(f"baseline-lr0.1-s{i}", "exp/b", str(i), 1.0 + i),
+                     group="baseline-lr0.1", entry="baseline") for i in range(2)]
+    oracle = [replace(_result(f"baseline-oracle-s{i}", "main", str(i), 9.0),
+                      group="baseline-oracle", entry="baseline-oracle") for i in range(2)]
+    groups = {g.name: g for g in build_groups([*swept, *oracle], ["acc"])}
+    assert not groups["baseline-lr0.1"].reference
+    assert groups["baseline-oracle"].reference
+    assert not swept[0].reference and oracle[0].reference
+
+
+def test_a_failed_worker_is_never_the_best_of_a_column() -> None:
+    from pathlib import Path
+
+    from worktree_runner.compare import Comparison
+
+    results = (_result("ok", "exp/a", None, 0.5),
+               _result("crashed", "exp/b", None, 0.9, state="failed"),
+               _result("live", "exp/c", None, 0.7, state="running"))
+    cmp = Comparison("r", Path("."), results, ("acc",))
+    assert cmp.best_name("acc") == set()  # only one succeeded: nothing to rank
+    more = (*results, _result("ok2", "exp/d", None, 0.6))
+    cmp = Comparison("r", Path("."), more, ("acc",))
+    assert cmp.best_name("acc") == {"ok2"}
+    running = tuple(replace_state(r, "running") if r.state == "succeeded" else r for r in more)
+    cmp = Comparison("r", Path("."), running, ("acc",))
+    assert cmp.best_name("acc") == {"live"}
+
+
+def replace_state(result: BranchResult, state: str) -> BranchResult:
+    from dataclasses import replace
+
+    return replace(result, state=state)

@@ -7,6 +7,7 @@ alike, is in clean_worktrees.py."""
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Sequence
 
@@ -107,6 +108,15 @@ def worktrees_script(paths: HostLayout, shared: Sequence[str],
     branches); without it an existing branch is checked out as it is and a new one starts at
     its wanted commit (`base`). `skip_missing` names a shared path that is created on demand
     rather than refused when absent (the dataset on a remote host)."""
+    owner: dict[str, str] = {}
+    for b in branches:
+        other = owner.setdefault(b.branch, b.name)
+        if other != b.name:
+            raise ConfigError(
+                f"entries '{other}' and '{b.name}' both use git branch '{b.branch}', and a "
+                "branch can be checked out in one worktree only",
+                f"give '{b.name}' a branch of its own, or make them one entry that varies its "
+                "values (vars with matrix:, or launch --set)")
     lines = [f"FORCE={'1' if force else ''}", f"RESET={'1' if reset else ''}", _WORKTREE_FNS]
     links = "".join(f'  wt_link "$1" "$2" {q(rel)}\n' for rel in shared)
     lines.append("wt_links() {\n  :\n" + links + "}\n")
@@ -254,6 +264,11 @@ def refusal(text: str, host_name: str, result: CommandResult | None,
         fields["path"] = paths.worktree(fields["name"]) if paths else ""
     table = {**_REFUSALS, **_LOCAL_REFUSALS} if local else _REFUSALS
     message, fix = table.get(kind, ("{host}: refused: " + text, "see the message"))
+    if (kind == "checked-out" and local and fields["holder"] and fields["repo"]
+            and os.path.realpath(fields["holder"]) == os.path.realpath(fields["repo"])):
+        # The user's own checkout, which git cannot remove as a worktree.
+        fix = ("switch your checkout to another branch (`git switch <other>`), or give "
+               f"entry '{fields['name']}' a branch of its own (branches.{fields['name']}.branch)")
     error = ConfigError if local and kind == "shared-missing" else GitError
     return error(message.format(**fields), fix.format(**fields))
 

@@ -57,7 +57,10 @@ def test_refusals_are_clear(repo_factory) -> None:
     cfg["branches"]["c"]["branch"] = "main"  # checked out in the main checkout
     wt = WtRun(repo, write_config(repo, cfg))
     out = wt("launch", "--branches", "c", ok=False).output
-    assert "already checked out at" in out and "git worktree remove" in out
+    # The holder is the user's own checkout, which `git worktree remove` refuses: the fix
+    # says to switch it, or to give the entry a branch of its own.
+    assert "already checked out at" in out and "git switch" in out
+    assert "git worktree remove" not in out
 
     (repo / ".wt-run/worktrees/b").mkdir(parents=True)
     out = wt("launch", "--branches", "b", ok=False).output
@@ -253,3 +256,18 @@ def test_clean_worktrees_prunes_a_worktree_deleted_by_hand(repo_factory) -> None
     out = wt("clean", "--worktrees").output
     assert "prune stale worktree entries" in out
     assert "/worktrees/a" not in git(repo, "worktree", "list")
+
+
+def test_two_entries_on_one_branch_are_refused_before_anything_changes(repo_factory) -> None:
+    repo = repo_factory(files={"ok.py": "print('ok')\n"})
+    cfg = basic_config(["small", "big"], "python ok.py")
+    for name in ("small", "big"):
+        cfg["branches"][name]["branch"] = "exp/shared"
+    wt = WtRun(repo, write_config(repo, cfg))
+    before = git(repo, "worktree", "list")
+    for extra in (["--dry-run"], []):
+        out = wt("launch", "--branches", "small", "big", *extra, ok=False).output
+        assert "both use git branch 'exp/shared'" in out and "matrix:" in out, out
+    assert git(repo, "worktree", "list") == before
+    assert not (repo / ".wt-run" / "worktrees" / "small").exists()
+    assert git(repo, "branch", "--list", "exp/shared") == ""

@@ -134,11 +134,14 @@ def generate(state: AppState, host: str | None, run: str | None, wait: bool, for
 
 
 @cli.command()
-@click.option("--branches", "-b", "branches", multiple=True, required=True, metavar="NAME",
-              help="Names under branches: (repeat, or list several after one --branches).")
+@click.option("--branches", "-b", "branches", multiple=True, metavar="NAME",
+              help="Names under branches: (repeat, or list several after one --branches; "
+                   "names may also follow the options).")
 @click.option("--host", "hosts", multiple=True, metavar="H",
               help="Host(s) to run on; several spread the branches across them.")
-@run_option
+@click.option("--run", "run", metavar="ID",
+              help="Launch into this existing run: its workers of these names start again as "
+                   "new attempts (default: a new run).")
 @click.option("--wait", is_flag=True,
               help="Block with a live view until all workers end; exit 1 if any did not "
                    "succeed.")
@@ -167,6 +170,9 @@ def launch(state: AppState, branches: tuple[str, ...], hosts: tuple[str, ...], r
     from . import launching
     from .variants import parse_set_options
 
+    if not branches and not more:
+        raise click.UsageError("name at least one entry under branches: to launch, e.g. "
+                               "`wt-run launch --branches NAME...` or `wt-run launch NAME...`")
     report = launching.launch(state.config, [*branches, *more], hosts=hosts, run=run, force=force,
                         dry_run=dry_run, sets=parse_set_options(sets), seeds=seeds)
     _finish_launch(state, report, wait)
@@ -268,13 +274,17 @@ def logs(state: AppState, name: str, run: str | None, follow: bool, lines: int) 
 def stop(state: AppState, names: tuple[str, ...], all_: bool, run: str | None) -> None:
     """Stop workers: TERM to the whole process group, KILL after stop_grace seconds.
 
-    A worker whose pid now belongs to another process is never signalled."""
+    A worker whose pid now belongs to another process is never signalled. Exits 1
+    when a host could not be reached (its workers were not stopped; they read unknown)."""
     if not names and not all_:
         raise click.UsageError("name the workers to stop, or pass --all")
     from . import api
     from .display import print_stop
 
-    print_stop(api.stop(state.config, names, run=run, all_=all_))
+    outcomes = api.stop(state.config, names, run=run, all_=all_)
+    print_stop(outcomes)
+    if any(o.result.startswith("unknown") for o in outcomes):
+        sys.exit(1)  # a host could not be reached: those workers were not stopped
 
 
 @cli.command()

@@ -86,8 +86,9 @@ class LocalHost(Host):
 
     def run_script(self, script: str, *, timeout: float | None = None) -> CommandResult:
         try:
+            # Workers' bytes (a log) need not be UTF-8: replaced, as over SSH.
             proc = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True,
-                                  timeout=timeout, check=False)
+                                  errors="replace", timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             raise HostUnreachable(self.name, f"local command timed out after {timeout} s",
                                   "check the machine's load and retry") from None
@@ -95,7 +96,7 @@ class LocalHost(Host):
 
     def stream_script(self, script: str, out: TextIO) -> int:
         proc = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True,
-                                stdin=subprocess.DEVNULL)
+                                errors="replace", stdin=subprocess.DEVNULL)
         assert proc.stdout is not None
         try:
             for line in proc.stdout:

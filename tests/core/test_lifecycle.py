@@ -292,3 +292,14 @@ def test_a_rerun_keeps_the_earlier_attempts_outputs(repo_factory) -> None:
     assert (dest / "out" / "ckpt.pt").read_text() == "weights of attempt 2"
     doc = json.loads(wt("compare", "--run", rid, "--format", "json").output)
     assert "0.1" in json.dumps(doc) and "0.9" not in json.dumps(doc)
+
+
+def test_names_after_the_options_and_a_log_that_is_not_utf8(repo_factory) -> None:
+    script = "import sys\nsys.stdout.buffer.write(b'ok \\xff\\xfe end\\n')\n"
+    repo = repo_factory(files={"bin.py": script})
+    wt = WtRun(repo, write_config(repo, basic_config(("a",), "python bin.py")))
+    out = wt("launch", ok=False).output
+    assert "name at least one entry" in out
+    wt("launch", "a", "--wait")  # the usage line's [NAME]...
+    log = wt("logs", "a").output
+    assert log.startswith("ok ") and log.rstrip().endswith("end") and "\ufffd" in log

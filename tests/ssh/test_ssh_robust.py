@@ -106,6 +106,9 @@ def test_one_of_three_hosts_down(tmp_path, sshd_servers, monkeypatch):  # noqa: 
     assert health["h1"]["disk_free_bytes"] > 0 and health["h1"]["load"] is not None
     table = run_cli(config, "status")
     assert table.exit_code == 0 and "unreachable" in table.output
+    # Nothing was stopped on the unreachable host: stop says so, and exits 1.
+    stopped = run_cli(config, "stop", "v2")
+    assert stopped.exit_code == 1 and "unknown" in stopped.output, stopped.output
     # A host that accepts TCP but never speaks SSH times out instead of hanging status.
     silent = socket.socket()
     silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

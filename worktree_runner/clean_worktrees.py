@@ -31,6 +31,10 @@ for p in "$WTR"/*; do
   if [ -n "$(git -C "$p" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
     printf 'dirty %s\n' "${p##*/}"
   fi
+  # Files git does not track (untracked or ignored: a checkpoint under *.pt is both gone
+  # for good and invisible to `git status`), one per line, capped.
+  git -C "$p" status --porcelain --ignored --untracked-files=all 2>/dev/null | head -n 5000 |
+    while IFS= read -r l; do printf 'extra %s %s\n' "${p##*/}" "$l"; done
 done
 """
 
@@ -42,6 +46,7 @@ class HostWorktree:
     branch: str | None
     locked: bool
     dirty: bool
+    untracked: tuple[str, ...] = ()  # files git does not track (ignored ones too)
 
 
 def list_host_worktrees(host: Host, paths: HostLayout) -> list[HostWorktree]:
@@ -54,6 +59,11 @@ def list_host_worktrees(host: Host, paths: HostLayout) -> list[HostWorktree]:
     roots = {lines[0][5:], lines[1][5:]}
     end = lines.index("end") if "end" in lines else len(lines)
     dirty = {line[6:] for line in lines[end + 1:] if line.startswith("dirty ")}  # names
+    untracked: dict[str, list[str]] = {}
+    for line in lines[end + 1:]:
+        if line.startswith("extra "):
+            name, _, entry = line[6:].partition(" ")
+            untracked.setdefault(name, []).append(entry[3:])  # after "?? " or "!! "
     found: list[HostWorktree] = []
     entry: dict[str, str] = {}
     for line in [*lines[2:end], ""]:
@@ -67,9 +77,33 @@ def list_host_worktrees(host: Host, paths: HostLayout) -> list[HostWorktree]:
             branch = entry.get("branch")
             found.append(HostWorktree(name, path,
                                       branch.removeprefix("refs/heads/") if branch else None,
-                                      "locked" in entry, name in dirty))
+                                      "locked" in entry, name in dirty,
+                                      tuple(untracked.get(name, ()))))
         entry = {}
     return found
+
+
+CACHES = ("__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".ipynb_checkpoints")
+
+
+def uncollectable(untracked: Sequence[str], collect: Sequence[str],
+                  shared: Sequence[str]) -> list[str]:
+    """The files among `untracked` (paths git printed) that removing the worktree would lose
+    for good: not a shared link, not a cache, not matched by a `collect:` glob (those are
+    checked against the last collect instead)."""
+    from .collect_lister import pattern_problem, pattern_regex
+
+    links = {rel.strip("/") for rel in shared}
+    globs = [pattern_regex(g) for g in collect if not pattern_problem(g)]
+    lost = []
+    for raw in untracked:
+        rel = raw.strip('"').rstrip("/")
+        parts = rel.split("/")
+        if rel in links or any(c in CACHES for c in parts) or rel.endswith(".pyc"):
+            continue
+        if not any(g.match(rel) for g in globs):
+            lost.append(rel)
+    return lost
 
 
 def fresh_results(config: Config, host: Host, worktrees: Mapping[str, str],
@@ -132,6 +166,16 @@ def clean_host_worktrees(config: Config, backend: Backend, busy: set[str],
         else:
             go.append(wt)
     if not force:
+        for wt in go:
+            extra = uncollectable(wt.untracked, config.collect, config.shared)
+            if extra:
+                shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more"
+                                                if len(extra) > 3 else "")
+                raise WtRunError(
+                    f"worktree {at}{wt.path} holds files git does not track, which "
+                    f"collect: does not bring back ({shown})",
+                    "copy them out (or add a collect: glob and run `wt-run collect`), or pass "
+                    "--force to delete them")
         newest: dict[str, tuple[float, str, WorkerRecord]] = {}
         for run, rec in records:  # the run that used each worktree last
             key = rec.worktree.rstrip("/").rpartition("/")[2]

@@ -141,6 +141,29 @@ def test_clean_worktrees_refuses_uncollected_results(repo_factory) -> None:
     assert not worktree.exists()
 
 
+def test_clean_worktrees_keeps_files_git_ignores_and_collect_does_not_take(repo_factory
+                                                                          ) -> None:
+    """A checkpoint under an ignored name (`*.pt` in .gitignore) is invisible to `git status`
+    and not matched by `collect:`: removing the worktree would lose it for good."""
+    script = ("import os\nos.makedirs('results', exist_ok=True)\n"
+              "open('results/x.txt', 'w').write('r')\n"
+              "open('model.pt', 'w').write('weights')\n"
+              "os.makedirs('__pycache__', exist_ok=True)\n"
+              "open('__pycache__/m.cpython-311.pyc', 'w').write('')\n")
+    wt = _wt(repo_factory, "python res.py", branches=("a",),
+             files={"res.py": script, ".gitignore": "*.pt\n"})
+    wt("launch", "--branches", "a", "--wait")
+    wt("collect")
+    worktree = Path(wt.status()["workers"][0]["worktree"])
+    out = wt("clean", "--worktrees", ok=False).output
+    assert "does not track" in out and "model.pt" in out and "--force" in out, out
+    assert "results/x.txt" not in out and "__pycache__" not in out
+    assert (worktree / "model.pt").read_text() == "weights"
+    (worktree / "model.pt").unlink()
+    wt("clean", "--worktrees")  # collected results and caches do not hold it back
+    assert not worktree.exists()
+
+
 @pytest.mark.parametrize("how", ["sigkill", "exit"])
 def test_children_never_outlive_their_worker(repo_factory, how: str) -> None:
     """A data-loader-like child keeps running after its parent dies or returns; the wrapper

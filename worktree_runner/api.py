@@ -138,8 +138,11 @@ def stop(config: Config, names: Sequence[str], *, run: str | None = None, all_: 
     run_id = store.resolve(run)
     manifest = store.load(run_id)
     targets = manifest.select(() if all_ else names)
-    by_host = group_by_host(r for r in targets if r.state is None)
-    outcomes = [StopOutcome(r.name, r.host, "done") for r in targets if r.state is not None]
+    # A lost worker's wrapper is gone, but its command may run on (a wrapper killed -9):
+    # the host looks for what is left of it.
+    live = [r for r in targets if r.state is None or r.state == "lost"]
+    by_host = group_by_host(live)
+    outcomes = [StopOutcome(r.name, r.host, "done") for r in targets if r not in live]
 
     def stop_host(host_name: str) -> list[StopOutcome]:
         recs = by_host[host_name]

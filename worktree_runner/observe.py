@@ -224,7 +224,8 @@ def _derive_state(files: Mapping[str, Any], boot: str, now: float | None) -> Obs
         state = WorkerState.STOPPED if stopped else WorkerState.LOST
         reason = None if stopped else (
             "host rebooted since the worker started" if not same_boot else
-            "wrapper process is gone without an exit record (killed, or its pid reused)")
+            "wrapper process is gone without an exit record (killed, or its pid reused); "
+            "`wt-run stop` ends whatever of its command still runs")
         return Observation(state, pid, None, None, started, None, progress, now, reason)
     if "nodir" in files:
         return Observation(WorkerState.LOST, host_time=now, reason=NEVER_STARTED)

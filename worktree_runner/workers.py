@@ -211,6 +211,26 @@ wt_alive() {
   [ "$boot" = "$nb" ] && [ -n "$cur" ] && [ "$cur" = "$start" ] || return 1
   [ "$(cd -P "/proc/$p/cwd" 2>/dev/null && pwd)" = "$(cd -P "$wd" && pwd)" ]
 }
+wt_orphans() {
+  # What is left of a wrapper that died without an exit record (a kill -9): its process
+  # group outlives it, and Linux keeps the number while the group has members. Only members
+  # whose environment names this worker's output directory count.
+  od=$1; op=$2; found=
+  if { read -r st < "/proc/$op/stat"; } 2>/dev/null; then
+    set -- ${st##*) }
+    case $1 in Z|X) ;; *) return 1 ;; esac  # alive: the number is another process's now
+  fi
+  for s in /proc/[0-9]*/stat; do
+    { read -r st < "$s"; } 2>/dev/null || continue
+    set -- ${st##*) }
+    [ "$3" = "$op" ] || continue
+    m=${s#/proc/}; m=${m%/stat}
+    if tr '\0' '\n' < "/proc/$m/environ" 2>/dev/null | grep -qxF "WT_RUN_OUT=$od/out"; then
+      found=1
+    fi
+  done
+  [ -n "$found" ]
+}
 wt_stop() {
   d=$1
   i=$2
@@ -230,6 +250,10 @@ wt_stop() {
     fi
   fi
   if [ ! -f "$d/pid" ]; then echo "marked $i"; return 0; fi
+  if [ -z "$alive" ] && [ ! -f "$d/exit" ] && [ "$p" -gt 1 ] 2>/dev/null && wt_orphans "$d" "$p"
+  then
+    alive=1
+  fi
   if [ -z "$alive" ]; then echo "mismatch $i"; return 0; fi
   kill -TERM "-$p" 2>/dev/null
   echo "signalled $i"

@@ -404,3 +404,25 @@ def test_a_fifo_in_place_of_progress_json_does_not_hang_status(repo_factory) -> 
     assert _workers(wt)["a"]["state"] == "running"
     wt("stop", "a")
     wt.wait_states({"a": "stopped"})
+
+
+def test_stop_ends_what_a_killed_wrapper_left_running(repo_factory) -> None:
+    """A user kills the pid status shows (the wrapper) with -9: the command runs on in its
+    process group. It reads lost, and `stop` still ends it (only processes whose environment
+    names this worker's output directory)."""
+    script = ("import os, time\nprint(f'me={os.getpid()}', flush=True)\ntime.sleep(300)\n")
+    wt = _wt(repo_factory, "python orphan.py", branches=("a",), files={"orphan.py": script},
+             stop_grace=1)
+    wt("launch", "--branches", "a")
+    worker = _workers(wt)["a"]
+    log = Path(worker["log"])
+    wt.wait_for(lambda s: "me=" in log.read_text())
+    command = int(log.read_text().split("me=")[1].split()[0])
+    os.kill(worker["pid"], 9)
+    wt.wait_states({"a": "lost"})
+    assert "wt-run stop" in _workers(wt)["a"]["reason"]
+    assert _alive(command)
+    out = wt("stop", "a").output
+    assert "stopping" in out, out
+    wt.wait_for(lambda s: not _alive(command), timeout=30)
+    assert wt.states()["a"] == "lost"  # no exit record was ever written: it stays lost

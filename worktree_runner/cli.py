@@ -41,6 +41,12 @@ class WtRunGroup(click.Group):
             return super().invoke(ctx)
         except WtRunError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            raise click.ClickException(
+                f"{exc.filename}: {exc.strerror or exc} — check that the path is right, that "
+                "its directory exists and that you may read and write there") from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

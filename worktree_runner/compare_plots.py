@@ -24,6 +24,10 @@ def slug(text: str, taken: dict[str, bytes] | None = None, prefix: str = "",
     """A file name for a metric or group; `/` becomes `-` (TensorBoard's `train/loss` and a
     JSONL `train_loss` must not collide), and a number is added if it still does."""
     base = prefix + (re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "x")
+    if len(base) > 120:  # a metric name is the worker's to choose: keep names file-sized
+        import hashlib
+
+        base = base[:100] + "-" + hashlib.sha256(base.encode()).hexdigest()[:12]
     name, n = base + suffix, 2
     while taken is not None and name in taken:
         name, n = f"{base}-{n}{suffix}", n + 1

@@ -278,6 +278,11 @@ def _parse_hosts(p: _Parser, raw: Any) -> dict[str, HostConfig]:
                 raise ConfigError(f"{p.path}: {key}.address is missing",
                                   "add address: user@host[:port] or an ~/.ssh/config alias")
             fields["address"] = p.string(spec["address"], f"{key}.address")
+            if (not fields["address"] or fields["address"].startswith("-")
+                    or any(c.isspace() or c == "/" for c in fields["address"])):
+                raise ConfigError(f"{p.path}: {key}.address {fields['address']!r} is not a "
+                                  "host address",
+                                  "write user@host, user@host:port or an ~/.ssh/config alias")
             fields["key"] = p.string(spec.get("key", ""), f"{key}.key")
             fields["root"] = p.string(spec.get("root", "~/wt-run"), f"{key}.root")
             fields["python"] = p.string(spec.get("python", "python3"), f"{key}.python")
@@ -411,8 +416,9 @@ class _Parser:
     def number(self, value: Any, key: str) -> float:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
             return float(value)
+        unit = " (MiB)" if key.endswith("_mib") else " of seconds"
         raise ConfigError(f"{self.path}: {key} must be a non-negative number",
-                          f"set {key} to a number of seconds")
+                          f"set {key} to a number{unit}")
 
     def env(self, value: Any, key: str) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -30,6 +30,9 @@ def branch_name_problem(name: str) -> str | None:
         return "it ends with '.'"
     if name == "@" or name == "HEAD":
         return f"'{name}' is reserved by git"
+    if name.startswith(("refs/", "heads/")):
+        # git would make refs/heads/refs/heads/x: write the short name (x)
+        return "it is a ref path, not a branch name (write it without refs/heads/)"
     for part in name.split("/"):
         if part.startswith("."):
             return f"component '{part}' starts with '.'"

@@ -277,3 +277,16 @@ def replace_state(result: BranchResult, state: str) -> BranchResult:
     from dataclasses import replace
 
     return replace(result, state=state)
+
+
+def test_plot_file_names_stay_file_sized() -> None:
+    """A metric name is the worker's to choose; its plot's file name must still be writable."""
+    from worktree_runner.compare_plots import slug
+
+    long_a, long_b = "m" * 400 + "a", "m" * 400 + "b"
+    taken: dict[str, bytes] = {}
+    a = slug(long_a, taken)
+    taken[a] = b""
+    b = slug(long_b, taken)
+    assert len(a) < 200 and len(b) < 200 and a != b
+    assert slug("train/loss") == "train-loss.png"

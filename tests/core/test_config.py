@@ -25,6 +25,14 @@ from worktree_runner.config import load_config
      "user@host"),
     (lambda c: c.update(hosts={"x": {"type": "kube"}}), "'kube' is not a host type", "ssh"),
     (lambda c: c.update(shared=["../outside"]), "must be a path inside the repo", "relative"),
+    (lambda c: c.update(hosts={"g": {"type": "ssh", "address": ""}}), "is not a host address",
+     "user@host"),
+    (lambda c: c.update(hosts={"g": {"type": "ssh", "address": "-oProxyCommand=x"}}),
+     "is not a host address", "user@host"),
+    (lambda c: c["branches"]["a"].update(branch="refs/heads/main"), "a ref path",
+     "without refs/heads/"),
+    (lambda c: c.update(hosts={"g": {"type": "local", "gpu_free_mib": -1}}),
+     "gpu_free_mib must be", "(MiB)"),
 ])
 def test_config_mistakes_are_one_line_with_fix(repo_factory, mutate, needle, fix) -> None:
     repo = repo_factory()
@@ -96,3 +104,13 @@ def test_usage_errors_exit_2(repo_factory) -> None:
     assert wt("stop", ok=False).exit_code == 2
     assert wt("launch", ok=False).exit_code == 2
     assert wt("clean", ok=False).exit_code == 2
+
+
+def test_file_system_errors_are_one_line(repo_factory, tmp_path: Path) -> None:
+    """A path the user gave that cannot be written gives one line naming it, no traceback."""
+    repo = repo_factory()
+    wt = WtRun(repo, write_config(repo, basic_config(["a"], "python t.py")))
+    result = wt("init", "--path", str(tmp_path / "no" / "such" / "dir" / "w.yaml"), ok=False)
+    assert result.exit_code == 1, result.output
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("Error: ") and "no/such" in line

@@ -9,7 +9,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .config import BranchConfig, Config
+from .config import BUILTIN_FIELDS, BranchConfig, Config, template_fields
 from .errors import WtRunError
 from .names import check_worker_name
 from .policies import KEY
@@ -36,7 +36,7 @@ def parse_set_options(options: Sequence[str]) -> dict[str, tuple[str, ...]]:
                              "write e.g. --set lr=1e-3,3e-4 (KEY: letters, digits, _)")
         if key in out:
             raise WtRunError(f"--set {key} given twice", f"list all values once: --set {key}=a,b")
-        parts = tuple(values.split(","))
+        parts = tuple(v.strip() for v in values.split(","))
         if any(p == "" for p in parts):
             raise WtRunError(f"--set {opt!r} has an empty value",
                              "separate non-empty values with commas")
@@ -58,6 +58,7 @@ def expand(config: Config, names: Sequence[str], sets: Mapping[str, Sequence[str
     variants: list[Variant] = []
     for name in names:
         base = config.branch(name)
+        _check_sets(config, base, sets)
         matrix = {**config.matrix, **base.matrix, **{k: tuple(v) for k, v in sets.items()}}
         n_seeds = seeds if seeds is not None else (base.seeds or config.seeds)
         keys = list(matrix)
@@ -78,3 +79,24 @@ def expand(config: Config, names: Sequence[str], sets: Mapping[str, Sequence[str
                              "name each branch once and give --set values that differ")
         seen.add(v.name)
     return variants
+
+
+def _check_sets(config: Config, base: BranchConfig, sets: Mapping[str, Sequence[str]]) -> None:
+    """A `--set` key must be a field the branch's command uses, and not one wt-run fills
+    itself: otherwise every variant runs the same command under different names, and compare
+    would rank identical runs as if they differed."""
+    used = template_fields(config.commands[base.command])
+    for key in sets:
+        if key == "seed":
+            raise WtRunError("--set seed: seeds come from --seeds N (0..N-1) or seeds:",
+                             "pass --seeds N instead of --set seed=...")
+        if key in BUILTIN_FIELDS:
+            raise WtRunError(f"--set {key}: {{{key}}} is filled by wt-run itself",
+                             f"sweep one of the command's own fields instead "
+                             f"({', '.join(sorted(used - BUILTIN_FIELDS - {'seed'})) or 'none'})")
+        if key not in used:
+            raise WtRunError(
+                f"--set {key}: commands.{base.command} (branch '{base.name}') does not use "
+                f"{{{key}}}, so every variant would run the same command",
+                f"add {{{key}}} to the command, or sweep one of its fields "
+                f"({', '.join(sorted(used - BUILTIN_FIELDS - {'seed'})) or 'none'})")

@@ -137,3 +137,23 @@ def test_sweep_launch_collect_compare_end_to_end(repo_factory) -> None:
     assert sorted(m["values"]) == pytest.approx([0.80, 0.81, 0.82])
     assert m["mean"] == pytest.approx(0.81) and m["std"] == pytest.approx(0.01)
     assert m["ci95"] == pytest.approx(4.302652729911275 * 0.01 / 3 ** 0.5)
+
+
+@pytest.mark.parametrize("option,needle", [
+    ("lrr=0.1,0.01", "does not use {lrr}"),
+    ("out=/etc", "filled by wt-run itself"),
+    ("seed=5", "--seeds"),
+])
+def test_a_set_key_the_command_cannot_see_is_refused(repo_factory, option, needle) -> None:
+    """Every variant would run the very same command: refused before anything starts, with
+    the fields that could be swept."""
+    wt = _wt(repo_factory)
+    for extra in (["--dry-run"], []):
+        out = wt("launch", "--branches", "a", "--set", option, *extra, ok=False).output
+        assert needle in out and len(out.strip().splitlines()) == 1, out
+    assert "lr" in wt("launch", "--branches", "a", "--set", "lrr=1", ok=False).output
+    names = [line.split()[2] for line in wt("launch", "--branches", "a", "--set",
+                                            "lr=0.1, 0.01", "--seeds", "1",
+                                            "--dry-run").output.splitlines()
+             if line.startswith("Would launch")]
+    assert names == ["a-lr0.1-s0", "a-lr0.01-s0"]

@@ -154,6 +154,8 @@ def print_launch(report: LaunchReport, console: Console | None = None) -> None:
                           f"{rec.host}{gpu}", highlight=False)
     for host, err in errors.items():
         console.print(f"[bold red]Error:[/] host {host}: {err}", highlight=False)
+    for note in report.notes:
+        console.print(f"[yellow]Note:[/] {note}", highlight=False, soft_wrap=True)
     if report.dry_run:
         console.print(f"{len(report.planned)} worker(s); nothing was started", style="dim",
                       highlight=False)

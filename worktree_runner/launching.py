@@ -68,6 +68,7 @@ def launch(config: Config, names: Sequence[str], *, hosts: Sequence[str] = (),
     by_host: dict[str, list[Variant]] = {}
     for v in variants.values():
         by_host.setdefault(placement[v.name], []).append(v)
+    notes = _checkout_notes(config, [v.base for v in variants.values()])
     store = RunStore(config.state_dir)
     with store.launching(), store.planning():
         with store.locked():
@@ -89,14 +90,30 @@ def launch(config: Config, names: Sequence[str], *, hosts: Sequence[str] = (),
         if dry_run:
             return LaunchReport(manifest.run, planned, [
                 HostOutcome(h, [], str(p) if isinstance(p, WtRunError) else None)
-                for h, p in zip(host_names, planned_per_host)], dry_run=True)
+                for h, p in zip(host_names, planned_per_host)], dry_run=True, notes=notes)
         _record_planned(store, manifest, planned)
         results = parallel_map(lambda i: _start_host(config, manifest.run, host_names[i],
                                                      planned_per_host[i]),
                                list(range(len(host_names))))
         store.update(manifest.run, *(r for _, recs in results for r in recs),
                      expected={r.name: r for r in planned})
-    return LaunchReport(manifest.run, planned, [o for o, _ in results])
+    return LaunchReport(manifest.run, planned, [o for o, _ in results], notes=notes)
+
+
+def _checkout_notes(config: Config, bases: Sequence[BranchConfig]) -> tuple[str, ...]:
+    """A new branch starts from `base`'s commit: uncommitted edits in the user's checkout do
+    not go with it, which is easy to miss (the worker then reads clean)."""
+    from .repo_refs import branch_commits, git_out
+
+    unique = list({b.branch: b for b in bases}.values())
+    new = [b.branch for b, w in zip(unique, branch_commits(config, unique))
+           if w.ref != f"refs/heads/{b.branch}"]
+    if not new or not git_out(config, "status", "--porcelain", "--untracked-files=no",
+                              check=False).strip():
+        return ()
+    return (f"your checkout {config.repo} has uncommitted changes; the new branch(es) "
+            f"{', '.join(new)} start from base '{config.base}' without them (commit them "
+            "first to run them)",)
 
 
 def _record_planned(store: RunStore, seen: RunManifest, records: Sequence[WorkerRecord]

@@ -79,6 +79,7 @@ class LaunchReport:
     planned: list[WorkerRecord]
     outcomes: list[HostOutcome]
     dry_run: bool = False
+    notes: tuple[str, ...] = ()  # things the user should know, not errors
 
     @property
     def ok(self) -> bool:

@@ -271,3 +271,18 @@ def test_two_entries_on_one_branch_are_refused_before_anything_changes(repo_fact
     assert git(repo, "worktree", "list") == before
     assert not (repo / ".wt-run" / "worktrees" / "small").exists()
     assert git(repo, "branch", "--list", "exp/shared") == ""
+
+
+def test_a_new_branch_notes_the_uncommitted_edits_it_leaves_behind(repo_factory) -> None:
+    repo = repo_factory(files={"ok.py": "print('ok')\n"})
+    wt = WtRun(repo, write_config(repo, basic_config(["a"], "python ok.py")))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "config")
+    out = wt("launch", "--branches", "a", "--dry-run").output
+    assert "uncommitted" not in out
+    (repo / "ok.py").write_text("print('edited')\n")
+    for extra in (["--dry-run"], ["--wait"]):
+        out = wt("launch", "--branches", "a", *extra).output
+        assert "uncommitted changes" in out and "exp/a" in out, out
+    out = wt("launch", "--branches", "a", "--run", "x", "--dry-run").output
+    assert "uncommitted" not in out  # the branch exists now: nothing new starts from base

@@ -174,4 +174,4 @@ def group_json(g: Group, metrics: Sequence[str]) -> dict[str, Any]:
             "failed": g.failed, "missing": g.missing, "reference": g.reference,
             "workers": [b.name for b in g.members], "seeds": list(g.seeds),
             "metrics": {m: g.metrics[m].to_json() for m in metrics
-                        if m in g.metrics and g.metrics[m].n}}
+                        if m in g.metrics and (g.metrics[m].n or g.metrics[m].diverged)}}

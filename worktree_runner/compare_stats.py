@@ -92,26 +92,32 @@ class Summary:
     mean: float | None
     std: float | None
     ci95: float | None
+    diverged: int = 0  # NaN values left out (a run that diverged)
 
     @property
     def n(self) -> int:
         return len(self.values)
 
     def to_json(self) -> dict[str, object]:
-        return {"mean": self.mean, "std": self.std, "ci95": self.ci95, "n": self.n,
-                "values": list(self.values)}
+        doc: dict[str, object] = {"mean": self.mean, "std": self.std, "ci95": self.ci95,
+                                  "n": self.n, "values": list(self.values)}
+        if self.diverged:
+            doc["diverged"] = self.diverged
+        return doc
 
 
 def summarize(values: Sequence[float]) -> Summary:
-    vals = tuple(float(v) for v in values if v is not None and not math.isnan(v))
+    given = [float(v) for v in values if v is not None]
+    vals = tuple(v for v in given if not math.isnan(v))
+    nan = len(given) - len(vals)
     n = len(vals)
     if n == 0:
-        return Summary((), None, None, None)
+        return Summary((), None, None, None, nan)
     mean = math.fsum(vals) / n
     if n < 2:
-        return Summary(vals, mean, None, None)
+        return Summary(vals, mean, None, None, nan)
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (n - 1))
-    return Summary(vals, mean, std, t_ppf(0.975, n - 1) * std / math.sqrt(n))
+    return Summary(vals, mean, std, t_ppf(0.975, n - 1) * std / math.sqrt(n), nan)
 
 
 @dataclass(frozen=True)

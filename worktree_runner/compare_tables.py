@@ -256,6 +256,9 @@ def build_group_table(cmp: Comparison, *, compact: bool = True,
             best = w is not None and w.best == g.name and w.runner_up is not None
             d = cmp.group_delta(g.name, m)
             text = fmt_stat(mean, ci)
+            if stat is not None and stat.diverged:  # NaN: the run diverged, not "no value"
+                text = ("NaN (diverged)" if mean is None else
+                        f"{text} ({stat.diverged} NaN)")
             if best and winner_mark(cmp, m):
                 text += " " + winner_mark(cmp, m)
             if d is not None and g.name != cmp.baseline:
@@ -290,4 +293,10 @@ def winner_lines(cmp: Comparison, metrics: Sequence[str] | None = None) -> list[
             if w.lead is not None:
                 text += f", lead {fmt_number(w.lead.lead)}"
         lines.append(f"{text} — {w.verdict}")
+    for m in metrics if metrics is not None else cmp.metrics:
+        gone = [g.name for g in cmp.groups
+                if (stat := g.metrics.get(m)) is not None and stat.diverged]
+        if gone:
+            lines.append(f"{m}: NaN (diverged, left out of the statistics) in "
+                         f"{', '.join(gone)}")
     return lines

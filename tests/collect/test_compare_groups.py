@@ -290,3 +290,28 @@ def test_plot_file_names_stay_file_sized() -> None:
     b = slug(long_b, taken)
     assert len(a) < 200 and len(b) < 200 and a != b
     assert slug("train/loss") == "train-loss.png"
+
+
+def test_a_diverged_group_is_named_not_dropped() -> None:
+    """A NaN final value is a run that diverged: the statistics leave it out, and the table
+    and the summary say so instead of showing nothing."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from worktree_runner.compare import Comparison
+    from worktree_runner.compare_groups import winners
+    from worktree_runner.compare_tables import build_group_table, winner_lines
+
+    ok = [replace(_result(f"ok-s{i}", "exp/a", str(i), 0.5 + i / 10), group="ok")
+          for i in range(2)]
+    nan = [replace(_result(f"wild-s{i}", "exp/a", str(i), float("nan")), group="wild")
+           for i in range(2)]
+    groups = build_groups([*ok, *nan], ["acc"])
+    by = {g.name: g for g in groups}
+    assert by["wild"].metrics["acc"].mean is None and by["wild"].metrics["acc"].diverged == 2
+    cmp = Comparison("r", Path("."), (*ok, *nan), ("acc",), groups=groups,
+                     winners=winners(groups, ["acc"]))
+    assert any("NaN (diverged" in line and "wild" in line for line in winner_lines(cmp))
+    table = build_group_table(cmp)
+    texts = [c.text for row in table.rows for c in row]
+    assert "NaN (diverged)" in texts

@@ -220,16 +220,21 @@ wt_orphans() {
     set -- ${st##*) }
     case $1 in Z|X) ;; *) return 1 ;; esac  # alive: the number is another process's now
   fi
-  for s in /proc/[0-9]*/stat; do
-    { read -r st < "$s"; } 2>/dev/null || continue
-    set -- ${st##*) }
-    [ "$3" = "$op" ] || continue
-    m=${s#/proc/}; m=${m%/stat}
+  for m in $(wt_members "$op"); do
     if tr '\0' '\n' < "/proc/$m/environ" 2>/dev/null | grep -qxF "WT_RUN_OUT=$od/out"; then
       found=1
     fi
   done
   [ -n "$found" ]
+}
+wt_members() {
+  # The live processes of process group $1.
+  g=$1
+  for s in /proc/[0-9]*/stat; do
+    { read -r st < "$s"; } 2>/dev/null || continue
+    set -- ${st##*) }
+    [ "$3" = "$g" ] && [ "$1" != Z ] && { m=${s#/proc/}; echo "${m%/stat}"; }
+  done
 }
 wt_stop() {
   d=$1
@@ -262,6 +267,23 @@ wt_stop() {
 wt_wait() {
   n=0
   while [ "$n" -lt "$1" ]; do
+    left=
+    for p in $PIDS; do if kill -0 "-$p" 2>/dev/null; then left="$left $p"; fi; done
+    [ -z "$left" ] && return 0
+    PIDS=$left
+    sleep 0.1
+    n=$((n+1))
+  done
+  # Past the grace: KILL what the command left, but not the wrapper itself, which then
+  # writes the exit record (exit code, end time) as it ends, after waiting at most 10 s for
+  # the environment record; KILL it too if it does not.
+  for p in $PIDS; do
+    for m in $(wt_members "$p"); do
+      if [ "$m" != "$p" ] && kill -KILL "$m" 2>/dev/null; then echo "forced $m"; fi
+    done
+  done
+  n=0
+  while [ "$n" -lt 120 ]; do
     left=
     for p in $PIDS; do if kill -0 "-$p" 2>/dev/null; then left="$left $p"; fi; done
     [ -z "$left" ] && return 0

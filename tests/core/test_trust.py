@@ -426,3 +426,31 @@ def test_stop_ends_what_a_killed_wrapper_left_running(repo_factory) -> None:
     assert "stopping" in out, out
     wt.wait_for(lambda s: not _alive(command), timeout=30)
     assert wt.states()["a"] == "lost"  # no exit record was ever written: it stays lost
+
+
+def test_stop_keeps_the_exit_record_when_a_child_ignores_term(repo_factory) -> None:
+    """The command saves and exits on TERM, a helper it started ignores TERM. Past the grace
+    stop KILLs the helper but lets the wrapper write the exit record: the exit code and end
+    time are not lost, and nothing of the worker is left."""
+    script = ("import os, signal, subprocess, sys, time\n"
+              "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+              "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)'])\n"
+              "def bye(*_):\n"
+              "    print('saved', flush=True)\n"
+              "    sys.exit(143)\n"
+              "signal.signal(signal.SIGTERM, bye)\n"
+              "print(f'child={child.pid}', flush=True)\n"
+              "time.sleep(300)\n")
+    wt = _wt(repo_factory, "python stubborn.py", branches=("a",),
+             files={"stubborn.py": script}, stop_grace=1)
+    wt("launch", "--branches", "a")
+    log = Path(_workers(wt)["a"]["log"])
+    wt.wait_for(lambda s: "child=" in log.read_text())
+    child = int(log.read_text().split("child=")[1].split()[0])
+    wt("stop", "a")
+    wt.wait_states({"a": "stopped"})
+    worker = _workers(wt)["a"]
+    assert "saved" in log.read_text()
+    files = {f.name: f.read_text()[:200] for f in log.parent.iterdir() if f.is_file()}
+    assert worker["exit_code"] == 143 and worker["ended_at"] is not None, (worker, files)
+    assert not _alive(child)

@@ -106,9 +106,13 @@ def main(recorder=None):
     state = {"forwarded": False, "child": None}
 
     def forward_term(signum, frame):
-        # A signal for the wrapper alone (Slurm, a user's kill) ends the whole group once.
+        # A signal for the wrapper alone (a user's kill) ends the whole group once. After
+        # `wt-run stop` (its marker is written first) the whole group had it already: a
+        # second TERM could land while the command saves its checkpoint.
         if not state["forwarded"]:
             state["forwarded"] = True
+            if os.path.exists(os.path.join(WORKER_DIR, "stop")):
+                return
             try:
                 os.killpg(pgrp, signal.SIGTERM)
             except OSError:

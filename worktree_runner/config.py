@@ -219,6 +219,9 @@ def parse_config(raw: Any, path: Path) -> Config:
         if os.path.isabs(item) or ".." in Path(item).parts or item in ("", "."):
             raise ConfigError(f"{path}: shared[{i}]: '{item}' must be a path inside the repo",
                               "use a repo-relative path such as data or .venv")
+        if Path(item).parts[0] in (".git", ".wt-run"):
+            raise ConfigError(f"{path}: shared[{i}]: '{item}' is git's or wt-run's own",
+                              "share only your files, such as data or .venv")
     data = p.string(root.get("data", "data"), "data")
     env = p.env(root.get("env", {}), "env")
     hosts = _parse_hosts(p, root.get("hosts", {"local": {"type": "local"}}))
@@ -232,10 +235,12 @@ def parse_config(raw: Any, path: Path) -> Config:
         if h.type == "slurm" and h.via not in hosts:
             raise ConfigError(f"{path}: hosts.{h.name}.via: '{h.via}' is not under hosts:",
                               "set via: to an ssh host name or to local")
-    commands = {
-        p.string(k, "commands key"): p.string(v, f"commands.{k}")
-        for k, v in p.mapping(root.get("commands", {}), "commands").items()
-    }
+    commands = {}
+    for k, v in p.mapping(root.get("commands", {}), "commands").items():
+        if not isinstance(v, str) or not v.strip():
+            raise ConfigError(f"{path}: commands.{k} must be a command line (a string)",
+                              f"write e.g. commands: {{{k}: python train.py --out {{out}}}}")
+        commands[p.string(k, "commands key")] = v
     branches = _parse_branches(p, root.get("branches", {}), hosts)
     collect = tuple(p.string(s, f"collect[{i}]") for i, s in
                     enumerate(p.sequence(root.get("collect", ["results/**"]), "collect")))

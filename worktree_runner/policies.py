@@ -11,6 +11,7 @@ from .errors import ConfigError
 
 RETRY_REASONS = ("oom", "lost", "killed", "failed")
 KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}\Z")
+MAX_RETRIES = 100
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,9 @@ def parse_retry(raw: Any, where: str) -> RetryPolicy:
         raise ConfigError(f"{where} must be a mapping with max: and on:",
                           "write e.g. retry: {max: 2, on: [oom, lost]}")
     n = raw.get("max", 1)
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ConfigError(f"{where}.max must be a non-negative integer", "write e.g. max: 2")
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_RETRIES:
+        raise ConfigError(f"{where}.max must be an integer from 0 to {MAX_RETRIES}",
+                          "write e.g. max: 2")
     on = raw.get("on", ["oom", "lost"])
     on = [on] if isinstance(on, str) else on
     if not isinstance(on, list) or any(r not in RETRY_REASONS for r in on):

@@ -39,5 +39,11 @@ collect: ["results/**"]          # globs relative to each worktree, collected wi
 def write_starter(path: Path, force: bool = False) -> Path:
     if path.exists() and not force:
         raise WtRunError(f"{path} already exists", "edit it, or pass --force to overwrite it")
+    other = path.parent / "configs" / "wt-run.yaml"
+    if path.name == "wt-run.yaml" and other.exists() and not force:
+        # wt-run.yaml is looked up before configs/wt-run.yaml: the starter would hide it.
+        raise WtRunError(f"{other} already exists, and a new {path.name} next to configs/ "
+                         "would take its place for every command",
+                         "edit that one, or pass --force to write the starter anyway")
     path.write_text(STARTER, encoding="utf-8")
     return path

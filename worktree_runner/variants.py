@@ -26,6 +26,9 @@ class Variant:
     group: str = ""
 
 
+MAX_VARIANTS = 10_000
+
+
 def parse_set_options(options: Sequence[str]) -> dict[str, tuple[str, ...]]:
     """`--set KEY=V1,V2` options, in order; a key given twice is an error."""
     out: dict[str, tuple[str, ...]] = {}
@@ -62,6 +65,13 @@ def expand(config: Config, names: Sequence[str], sets: Mapping[str, Sequence[str
         matrix = {**config.matrix, **base.matrix, **{k: tuple(v) for k, v in sets.items()}}
         n_seeds = seeds if seeds is not None else (base.seeds or config.seeds)
         keys = list(matrix)
+        size = max(n_seeds or 1, 1)
+        for k in keys:
+            size *= max(len(matrix[k]), 1)
+        if size > MAX_VARIANTS:
+            raise WtRunError(f"branch '{name}' would expand to {size} workers (values × seeds)",
+                             f"sweep fewer values at once (at most {MAX_VARIANTS} workers per "
+                             "branch and launch)")
         for combo in itertools.product(*(matrix[k] for k in keys)):
             chosen = dict(zip(keys, combo))
             group = name + "".join(f"-{k}{_slug(v)}" for k, v in chosen.items())

@@ -33,6 +33,11 @@ from worktree_runner.config import load_config
      "without refs/heads/"),
     (lambda c: c.update(hosts={"g": {"type": "local", "gpu_free_mib": -1}}),
      "gpu_free_mib must be", "(MiB)"),
+    (lambda c: c.update(shared=[".git"]), "git's or wt-run's own", "share only"),
+    (lambda c: c["commands"].update(train=42), "commands.train must be a command line",
+     "python train.py"),
+    (lambda c: c.update(retry={"max": 10**20, "on": ["failed"]}), "retry.max must be",
+     "max: 2"),
 ])
 def test_config_mistakes_are_one_line_with_fix(repo_factory, mutate, needle, fix) -> None:
     repo = repo_factory()
@@ -114,3 +119,14 @@ def test_file_system_errors_are_one_line(repo_factory, tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     line = result.output.strip()
     assert len(line.splitlines()) == 1 and line.startswith("Error: ") and "no/such" in line
+
+
+def test_init_does_not_hide_a_config_in_configs(repo_factory, monkeypatch) -> None:
+    repo = repo_factory()
+    (repo / "configs").mkdir()
+    (repo / "configs" / "wt-run.yaml").write_text("branches: {}\n")
+    monkeypatch.chdir(repo)
+    wt = WtRun(repo, repo / "configs" / "wt-run.yaml")
+    out = wt("init", ok=False).output
+    assert "configs/wt-run.yaml already exists" in out and "--force" in out
+    assert not (repo / "wt-run.yaml").exists()

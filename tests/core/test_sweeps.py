@@ -157,3 +157,11 @@ def test_a_set_key_the_command_cannot_see_is_refused(repo_factory, option, needl
                                             "--dry-run").output.splitlines()
              if line.startswith("Would launch")]
     assert names == ["a-lr0.1-s0", "a-lr0.01-s0"]
+
+
+def test_a_sweep_too_large_to_mean_it_is_refused(repo_factory) -> None:
+    wt = _wt(repo_factory)
+    values = ",".join(str(i) for i in range(200))
+    out = wt("launch", "--branches", "a", "--set", f"lr={values}", "--set", f"wd={values}",
+             "--seeds", "1", "--dry-run", ok=False).output
+    assert "40000 workers" in out and "fewer values" in out

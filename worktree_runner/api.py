@@ -170,8 +170,14 @@ def logs(config: Config, name: str, *, run: str | None = None, follow: bool = Fa
     backend = backend_for(config, rec.host)
     path = backend.log_path(rec)
     host = backend.connect()
+    if rec.state is not None:
+        follow = False  # it has ended: following would wait forever for lines that never come
     if not follow:
         result = host.run_script(log_script(path, lines, False))
+        if result.exit_code == 3 and rec.state is not None:
+            raise WtRunError(f"worker '{name}' has ended ({rec.state}) and has no log at "
+                             f"{path} (removed?)", "look in the collected results, "
+                             f"results/{run_id}/{name}/log, if it was collected")
         if result.exit_code == 3:
             raise WtRunError(f"worker '{name}' has no log yet at {path}",
                              "wait for it to start (`wt-run status`)")

@@ -40,7 +40,7 @@ def _dirty(b: BranchResult) -> Any:
     if not b.env.get("dirty"):
         return "clean"
     snap = b.env.get("snapshot")
-    return f"uncommitted changes (snapshot {str(snap)[:10]})" if snap else "uncommitted changes"
+    return f"uncommitted changes (snapshot {str(snap)[:8]})" if snap else "uncommitted changes"
 
 
 def _completed(b: BranchResult) -> Any:

@@ -303,3 +303,12 @@ def test_names_after_the_options_and_a_log_that_is_not_utf8(repo_factory) -> Non
     wt("launch", "a", "--wait")  # the usage line's [NAME]...
     log = wt("logs", "a").output
     assert log.startswith("ok ") and log.rstrip().endswith("end") and "\ufffd" in log
+    # Following the log of a worker that has ended prints it and returns.
+    followed = subprocess.run([sys.executable, "-m", "worktree_runner.cli", "--config",
+                               str(wt.config), "logs", "a", "-f"], capture_output=True,
+                              text=True, timeout=120, check=True)
+    assert followed.stdout.startswith("ok ")
+    # A log removed after the end: said so, not "wait for it to start".
+    Path(wt.status()["workers"][0]["log"]).unlink()
+    out = wt("logs", "a", ok=False).output
+    assert "has ended (succeeded)" in out and "removed" in out

@@ -327,16 +327,20 @@ def collect(state: AppState, run: str | None, dest: str | None) -> None:
               help="Show deltas against this worker or group.")
 @click.option("--per-worker", is_flag=True,
               help="One row per worker instead of one per group of seeds.")
+@click.option("--results", "results", type=click.Path(file_okay=False), default=None,
+              metavar="DIR", help="Where the results were collected to (`collect --dest DIR`; "
+                                  "default: results/ in the repository).")
 @pass_state
 def compare(state: AppState, run: str | None, out: str | None, fmt: str,
-            baseline: str | None, per_worker: bool) -> None:
+            baseline: str | None, per_worker: bool, results: str | None) -> None:
     """Compare a run: groups of seeds (mean ± 95% interval, the winner per metric and
     whether its lead is significant, confounders) or workers; table, md, csv, json, or an
     HTML report with plots and code differences."""
     from .compare import compare as compare_run
     from .compare_report import write_report
 
-    cmp = compare_run(state.config, run=run, baseline=baseline, with_diffs=fmt == "html")
+    cmp = compare_run(state.config, run=run, baseline=baseline, with_diffs=fmt == "html",
+                      results=Path(results) if results else None)
     if fmt == "table":
         from .display_compare import render_rich
 

@@ -300,6 +300,9 @@ def read_branch(rec: WorkerRecord, worker_dir: Path, state: str,
         notes.append("collect had errors")
     if not rec.collected_at and not meta.get("collected_at"):
         notes.append("partly collected")
+    if not curves and not final and state == "succeeded":
+        notes.append("no metrics found: compare reads out/metrics.jsonl, out/metrics.json "
+                     "($WT_RUN_OUT) and TensorBoard event files")
     return BranchResult(
         rec.name, rec.branch, rec.commit, rec.host, state, True, "; ".join(notes),
         final=final, curves=curves, info=info, confusion=confusion, class_names=names,

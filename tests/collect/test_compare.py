@@ -186,3 +186,27 @@ def test_unknown_baseline_is_a_one_line_error(collected: tuple[Path, str]) -> No
     result = wt(cfg, "compare", "--baseline", "nope", ok=False)
     assert result.exit_code == 1
     assert "nope" in result.output and "pick one of" in result.output
+
+
+def test_compare_reads_results_collected_elsewhere(tmp_path: Path) -> None:
+    cfg = make_training_repo(tmp_path / "repo", {"good": {"quality": 0.6}})
+    wt(cfg, "launch", "--branches", "good", "--wait")
+    elsewhere = tmp_path / "elsewhere"
+    wt(cfg, "collect", "--dest", str(elsewhere))
+    doc = json.loads(wt(cfg, "compare", "--format", "json").output)
+    assert doc["branches"][0]["collected"] is False
+    doc = json.loads(wt(cfg, "compare", "--format", "json", "--results", str(elsewhere)).output)
+    (good,) = doc["branches"]
+    assert good["collected"] and good["final"]["accuracy"] == pytest.approx(0.6)
+
+
+def test_a_worker_without_metrics_says_where_compare_looks(repo_factory) -> None:
+    from tests.conftest import WtRun, basic_config, write_config
+
+    repo = repo_factory(files={"quiet.py": "print('done')\n"})
+    w = WtRun(repo, write_config(repo, basic_config(("a",), "python quiet.py")))
+    w("launch", "--branches", "a", "--wait")
+    w("collect")
+    doc = json.loads(w("compare", "--format", "json").output)
+    assert "no metrics found" in doc["branches"][0]["note"]
+    assert "metrics.jsonl" in doc["branches"][0]["note"]

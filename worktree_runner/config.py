@@ -364,6 +364,12 @@ def _check_templates(config: Config) -> None:
                 raise ConfigError(
                     f"{config.path}: commands.{cname}: field '{{{fname}}}' is not a plain name",
                     "use fields like {name} or {extractor}; no indexing or attributes")
+        for _, fname, spec, conversion in string.Formatter().parse(template):
+            if fname is not None and (spec or conversion):
+                raise ConfigError(
+                    f"{config.path}: commands.{cname}: field '{{{fname}"
+                    f"{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}' "
+                    "has a format", "write the plain field, e.g. {" + fname + "}")
     for b in config.branches.values():
         if b.command not in config.commands:
             raise ConfigError(

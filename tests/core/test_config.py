@@ -34,6 +34,8 @@ from worktree_runner.config import load_config
     (lambda c: c.update(hosts={"g": {"type": "local", "gpu_free_mib": -1}}),
      "gpu_free_mib must be", "(MiB)"),
     (lambda c: c.update(shared=[".git"]), "git's or wt-run's own", "share only"),
+    (lambda c: c["commands"].update(train="python t.py {name:>10}"), "has a format",
+     "{name}"),
     (lambda c: c["commands"].update(train=42), "commands.train must be a command line",
      "python train.py"),
     (lambda c: c.update(retry={"max": 10**20, "on": ["failed"]}), "retry.max must be",

@@ -6,6 +6,7 @@ Every mistake is reported as one `ConfigError` that names the file, the key and 
 from __future__ import annotations
 
 import os
+import re
 import string
 import subprocess
 from collections.abc import Mapping
@@ -444,6 +445,12 @@ class _Parser:
     def no_unknown(self, spec: dict[str, Any], allowed: frozenset[str], key: str) -> None:
         for k in spec:
             if k not in allowed:
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,63}", str(k)):
+                    # Not even key-shaped: likely not a config at all. Its text is not echoed
+                    # (the file may hold secrets: `--config` pointed at the wrong file).
+                    raise ConfigError(f"{self.path}: holds an entry that is not a config key "
+                                      f"{'under ' + key if key else 'at the top'} (is this a "
+                                      "wt-run config?)", "check --config, or fix that line")
                 where = f"{key}.{k}" if key else str(k)
                 raise ConfigError(f"{self.path}: unknown key '{where}'",
                                   f"remove it or use one of: {', '.join(sorted(allowed))}")

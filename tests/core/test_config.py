@@ -132,3 +132,12 @@ def test_init_does_not_hide_a_config_in_configs(repo_factory, monkeypatch) -> No
     out = wt("init", ok=False).output
     assert "configs/wt-run.yaml already exists" in out and "--force" in out
     assert not (repo / "wt-run.yaml").exists()
+
+
+def test_a_file_that_is_no_config_is_not_echoed(tmp_path: Path, repo_factory) -> None:
+    repo = repo_factory()
+    secret = repo / "shadow"
+    secret.write_text("root:$y$j9T$SECRETHASH:19000:0:99999:7:::\n")
+    result = WtRun(repo, secret)("status", ok=False)
+    assert result.exit_code == 1 and "not a config key" in result.output
+    assert "SECRETHASH" not in result.output

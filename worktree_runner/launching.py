@@ -68,7 +68,7 @@ def launch(config: Config, names: Sequence[str], *, hosts: Sequence[str] = (),
     by_host: dict[str, list[Variant]] = {}
     for v in variants.values():
         by_host.setdefault(placement[v.name], []).append(v)
-    notes = _checkout_notes(config, [v.base for v in variants.values()])
+    notes = _checkout_notes(config, [v.base for v in variants.values()], dry_run)
     store = RunStore(config.state_dir)
     with store.launching(), store.planning():
         with store.locked():
@@ -100,20 +100,27 @@ def launch(config: Config, names: Sequence[str], *, hosts: Sequence[str] = (),
     return LaunchReport(manifest.run, planned, [o for o, _ in results], notes=notes)
 
 
-def _checkout_notes(config: Config, bases: Sequence[BranchConfig]) -> tuple[str, ...]:
-    """A new branch starts from `base`'s commit: uncommitted edits in the user's checkout do
-    not go with it, which is easy to miss (the worker then reads clean)."""
+def _checkout_notes(config: Config, bases: Sequence[BranchConfig], dry_run: bool
+                    ) -> tuple[str, ...]:
+    """A new branch starts from `base`'s commit: a dry run says so, and uncommitted edits in
+    the user's checkout do not go with it, which is easy to miss (the worker reads clean)."""
     from .repo_refs import branch_commits, git_out
 
     unique = list({b.branch: b for b in bases}.values())
-    new = [b.branch for b, w in zip(unique, branch_commits(config, unique))
+    wanted = branch_commits(config, unique)
+    new = [(b.branch, w.commit) for b, w in zip(unique, wanted)
            if w.ref != f"refs/heads/{b.branch}"]
-    if not new or not git_out(config, "status", "--porcelain", "--untracked-files=no",
-                              check=False).strip():
+    if not new:
         return ()
-    return (f"your checkout {config.repo} has uncommitted changes; the new branch(es) "
-            f"{', '.join(new)} start from base '{config.base}' without them (commit them "
-            "first to run them)",)
+    notes = []
+    if dry_run:
+        notes.append(f"would create branch(es) {', '.join(n for n, _ in new)} from base "
+                     f"'{config.base}' ({new[0][1][:8]})")
+    if git_out(config, "status", "--porcelain", "--untracked-files=no", check=False).strip():
+        notes.append(f"your checkout {config.repo} has uncommitted changes; the new "
+                     f"branch(es) {', '.join(n for n, _ in new)} start from base "
+                     f"'{config.base}' without them (commit them first to run them)")
+    return tuple(notes)
 
 
 def _record_planned(store: RunStore, seen: RunManifest, records: Sequence[WorkerRecord]

@@ -279,10 +279,10 @@ def test_a_new_branch_notes_the_uncommitted_edits_it_leaves_behind(repo_factory)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "config")
     out = wt("launch", "--branches", "a", "--dry-run").output
-    assert "uncommitted" not in out
+    assert "uncommitted" not in out and "would create branch(es) exp/a from base" in out
     (repo / "ok.py").write_text("print('edited')\n")
     for extra in (["--dry-run"], ["--wait"]):
         out = wt("launch", "--branches", "a", *extra).output
         assert "uncommitted changes" in out and "exp/a" in out, out
     out = wt("launch", "--branches", "a", "--run", "x", "--dry-run").output
-    assert "uncommitted" not in out  # the branch exists now: nothing new starts from base
+    assert "uncommitted" not in out and "would create" not in out  # it exists now

@@ -166,35 +166,13 @@ def clean_host_worktrees(config: Config, backend: Backend, busy: set[str],
         else:
             go.append(wt)
     if not force:
-        for wt in go:
-            extra = uncollectable(wt.untracked, config.collect, config.shared)
-            if extra:
-                shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more"
-                                                if len(extra) > 3 else "")
-                raise WtRunError(
-                    f"worktree {at}{wt.path} holds files git does not track, which "
-                    f"collect: does not bring back ({shown})",
-                    "copy them out (or add a collect: glob and run `wt-run collect`), or pass "
-                    "--force to delete them")
-        newest: dict[str, tuple[float, str, WorkerRecord]] = {}
-        for run, rec in records:  # the run that used each worktree last
-            key = rec.worktree.rstrip("/").rpartition("/")[2]
-            if rec.worktree and (key not in newest
-                                 or (rec.launched_at or 0.0) >= newest[key][0]):
-                newest[key] = (rec.launched_at or 0.0, run, rec)
-        fresh = fresh_results(config, host, {wt.name: wt.path for wt in go},
-                              {k: v[2].collected_at or 0.0 for k, v in newest.items()})
-        for name, files in fresh.items():
-            shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more"
-                                            if len(files) > 3 else "")
-            where = f"{at}{paths.worktree(name)}"
-            if name not in newest:
-                raise WtRunError(f"worktree {where} holds results no run has collected "
-                                 f"({shown})", "copy them out, or pass --force to delete them")
-            run = newest[name][1]
-            raise WtRunError(f"worktree {where} holds results of run {run} not collected yet "
-                             f"({shown})", f"run `wt-run collect --run {run}` first, or pass "
-                             "--force to delete them")
+        blocked = _blocked(config, host, at, paths, go, records)
+        if blocked and not dry_run:
+            raise blocked[0][1]
+        for name, error in blocked:  # a dry run lists every refusal instead of the first
+            actions.append(("keep worktree", f"{at}{paths.worktree(name)}", False,
+                            f"{error.message} — {error.fix}"))
+        go = [wt for wt in go if wt.name not in {name for name, _ in blocked}]
     branches = [wt.branch for wt in go if wt.branch] if delete_branches else []
     done: dict[str, str] = {}
     if not dry_run:  # also when nothing is left to remove: prune what was deleted by hand
@@ -213,3 +191,44 @@ def clean_host_worktrees(config: Config, backend: Backend, busy: set[str],
     actions.append(("prune stale worktree entries", f"{at}{paths.repo}", not dry_run,
                     ""))
     return actions
+
+
+def _blocked(config: Config, host: Host, at: str, paths: HostLayout,
+             candidates: Sequence[HostWorktree], records: Sequence[tuple[str, WorkerRecord]]
+             ) -> list[tuple[str, WtRunError]]:
+    """The worktrees whose removal would lose something, each with the refusal: files git
+    does not track that `collect:` does not take, or results not collected since they
+    changed."""
+    blocked: list[tuple[str, WtRunError]] = []
+    for wt in candidates:
+        extra = uncollectable(wt.untracked, config.collect, config.shared)
+        if extra:
+            blocked.append((wt.name, WtRunError(
+                f"worktree {at}{wt.path} holds files git does not track, which collect: does "
+                f"not bring back ({_shown(extra)})",
+                "copy them out (or add a collect: glob and run `wt-run collect`), or pass "
+                "--force to delete them")))
+    newest: dict[str, tuple[float, str, WorkerRecord]] = {}
+    for run, rec in records:  # the run that used each worktree last
+        key = rec.worktree.rstrip("/").rpartition("/")[2]
+        if rec.worktree and (key not in newest or (rec.launched_at or 0.0) >= newest[key][0]):
+            newest[key] = (rec.launched_at or 0.0, run, rec)
+    fresh = fresh_results(config, host, {wt.name: wt.path for wt in candidates},
+                          {k: v[2].collected_at or 0.0 for k, v in newest.items()})
+    for name, files in fresh.items():
+        where = f"{at}{paths.worktree(name)}"
+        if name not in newest:
+            error = WtRunError(f"worktree {where} holds results no run has collected "
+                               f"({_shown(files)})", "copy them out, or pass --force to "
+                               "delete them")
+        else:
+            run = newest[name][1]
+            error = WtRunError(f"worktree {where} holds results of run {run} not collected "
+                               f"yet ({_shown(files)})", f"run `wt-run collect --run {run}` "
+                               "first, or pass --force to delete them")
+        blocked.append((name, error))
+    return blocked
+
+
+def _shown(files: Sequence[str]) -> str:
+    return ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")

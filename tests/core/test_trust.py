@@ -128,6 +128,10 @@ def test_clean_worktrees_refuses_uncollected_results(repo_factory) -> None:
     out = wt("clean", "--worktrees", ok=False).output
     assert f"run {run} not collected" in out and f"wt-run collect --run {run}" in out
     assert (worktree / "results/x.txt").read_text() == "precious"
+    # A dry run lists the refusal with what it would keep, and changes nothing.
+    out = wt("clean", "--worktrees", "--dry-run").output
+    assert "keep" in out and f"run {run} not collected" in out, out
+    assert (worktree / "results/x.txt").read_text() == "precious"
     wt("collect")
     wt("clean", "--worktrees")
     assert not worktree.exists()

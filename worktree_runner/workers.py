@@ -264,7 +264,8 @@ wt_stop() {
   echo "signalled $i"
   PIDS="$PIDS $p"
 }
-wt_wait() {
+wt_gone() {
+  # Wait up to $1 tenths of a second for every group in PIDS to end; 1 if some are left.
   n=0
   while [ "$n" -lt "$1" ]; do
     left=
@@ -274,6 +275,10 @@ wt_wait() {
     sleep 0.1
     n=$((n+1))
   done
+  return 1
+}
+wt_wait() {
+  wt_gone "$1" && return 0
   # Past the grace: KILL what the command left, but not the wrapper itself, which then
   # writes the exit record (exit code, end time) as it ends, after waiting at most 10 s for
   # the environment record; KILL it too if it does not.
@@ -282,15 +287,7 @@ wt_wait() {
       if [ "$m" != "$p" ] && kill -KILL "$m" 2>/dev/null; then echo "forced $m"; fi
     done
   done
-  n=0
-  while [ "$n" -lt 120 ]; do
-    left=
-    for p in $PIDS; do if kill -0 "-$p" 2>/dev/null; then left="$left $p"; fi; done
-    [ -z "$left" ] && return 0
-    PIDS=$left
-    sleep 0.1
-    n=$((n+1))
-  done
+  wt_gone 120 && return 0
   for p in $PIDS; do if kill -KILL "-$p" 2>/dev/null; then echo "forced $p"; fi; done
 }
 """

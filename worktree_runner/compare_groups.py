@@ -62,9 +62,13 @@ class Group:
         return self.members[0].command if self.members else ""
 
     def shortfall(self) -> str:
-        """'1 failed, 2 missing' (empty when every member counts)."""
-        parts = [f"{k} {what}" for k, what in ((self.failed, "failed"),
-                                               (self.missing, "missing")) if k]
+        """'1 failed, 1 stopped, 2 missing' (empty when every member counts): each way a
+        member did not succeed, by its own name."""
+        states = [b.state for b in self.members]
+        parts = [f"{states.count(s)} {s}" for s in ("failed", "killed", "lost", "stopped")
+                 if s in states]
+        if self.missing:
+            parts.append(f"{self.missing} missing")
         return ", ".join(parts)
 
 

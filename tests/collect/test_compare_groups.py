@@ -315,3 +315,13 @@ def test_a_diverged_group_is_named_not_dropped() -> None:
     table = build_group_table(cmp)
     texts = [c.text for row in table.rows for c in row]
     assert "NaN (diverged)" in texts
+
+
+def test_a_shortfall_names_how_members_ended() -> None:
+    from dataclasses import replace
+
+    members = [replace(_result("g-s0", "exp/a", "0", 1.0), group="g"),
+               replace(_result("g-s1", "exp/a", "1", 1.0, state="stopped"), group="g"),
+               replace(_result("g-s2", "exp/a", "2", 1.0, state="failed"), group="g")]
+    (group,) = build_groups(members, ["acc"])
+    assert group.shortfall() == "1 failed, 1 stopped" and group.failed == 2

@@ -87,8 +87,10 @@ def print_collect(report: CollectReport, console: Console | None = None) -> None
     columns = ["worker", *(["host"] if several_hosts else []), "state", "files", "copied",
                "skipped", "result"]
     for col in columns:
+        # Sweep names differ at their ends (…-s0, …-s1): a long one folds, never ends in "…".
         table.add_column(col, justify="right" if col in ("files", "copied", "skipped")
-                         else "left", no_wrap=col in ("result", "state"))
+                         else "left", no_wrap=col in ("result", "state"),
+                         overflow="fold" if col == "worker" else "ellipsis")
     for w in report.workers:
         copied = (f"{w.transferred_files} ({_bytes(w.transferred_bytes)})"
                   if w.transferred_files or w.transferred_bytes else "—")

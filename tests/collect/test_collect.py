@@ -305,3 +305,24 @@ def test_a_worker_results_directory_that_is_a_symlink_is_refused(tmp_path: Path)
     w = report.workers[0]
     assert not report.ok and not w.marked and any("is a symlink" in e for e in w.errors)
     assert list(outside.rglob("*")) == []
+
+
+def test_the_collect_table_never_cuts_a_worker_name_short() -> None:
+    """Sweep names differ at their ends: at 80 columns each still reads in full (folded)."""
+    import re
+    from io import StringIO
+
+    from rich.console import Console
+
+    from worktree_runner.collect_model import CollectReport, WorkerCollect
+    from worktree_runner.display_collect import print_collect
+
+    names = [f"baseline-lr0.01-wd0.05-s{i}" for i in range(2)]
+    workers = tuple(WorkerCollect(n, "local", "succeeded", Path("/tmp/x"), "copy", 12, 123456,
+                                  3, 12345, (), (), True) for n in names)
+    buf = StringIO()
+    print_collect(CollectReport("r1", Path("/tmp/results/r1"), workers),
+                  Console(file=buf, width=80))
+    cells = "".join(line.split("│")[1].strip() for line in buf.getvalue().splitlines()
+                    if line.startswith("│"))
+    assert all(n in cells for n in names) and "…" not in re.sub(r"\s", "", cells)

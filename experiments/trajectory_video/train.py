@@ -157,6 +157,14 @@ class Trainer:
 
     def restore(self) -> bool:
         saved = load_newest(self.out, self.device)
+        previous = os.environ.get("WT_RUN_PREVIOUS_OUT")
+        if saved is None and previous:
+            # A wt-run retry or rerun starts with an empty --out; the attempt before it left
+            # its checkpoints there. New checkpoints still go to --out.
+            saved = load_newest(Path(previous), self.device)
+            if saved is not None:
+                print(f"--resume: continuing from the previous attempt's checkpoint in "
+                      f"{previous}", flush=True)
         if saved is None:
             return False
         if saved["extractor"] != self.extractor_name:

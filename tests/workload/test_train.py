@@ -86,6 +86,20 @@ def test_missing_dataset_is_one_line_error(tmp_path: Path, capsys, monkeypatch) 
     assert "experiments.trajectory_video.generate" in err
 
 
+def test_resume_continues_from_the_previous_attempt(tmp_path: Path, tiny_dataset: Path,
+                                                    monkeypatch, capsys) -> None:
+    """A wt-run retry starts with an empty --out; --resume finds the earlier attempt's
+    checkpoint through WT_RUN_PREVIOUS_OUT and writes on in the new --out."""
+    first, second = tmp_path / "attempts" / "1" / "out", tmp_path / "out"
+    assert run_train(tiny_dataset, first, "--epochs", "1") == 0
+    monkeypatch.setenv("WT_RUN_PREVIOUS_OUT", str(first))
+    assert run_train(tiny_dataset, second, "--epochs", "2", "--resume") == 0
+    assert "previous attempt's checkpoint" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (second / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert len(list_checkpoints(first)) == 1 and list_checkpoints(second)
+
+
 def test_sigterm_checkpoints_and_resume_matches_uninterrupted(
     tmp_path: Path, tiny_dataset: Path
 ) -> None:

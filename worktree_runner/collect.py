@@ -203,6 +203,8 @@ def _verify_and_place(plan: WorkerPlan, f: RemoteFile, hasher: StagedHasher
         return "retry", (f"checksum mismatch: host sha256 {f.sha256[:16]}…, copy "
                          f"{digest[:16]}… (copy discarded)")
     target = plan.dest / f.local_rel
+    # Before creating its directories (a link on the way would have them made outside), and
+    # after (a link that appeared meanwhile).
     if not inside(plan.dest, target.parent / "x"):
         return "retry", "refused: target directory resolves outside the results directory"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -269,8 +271,9 @@ def _collect_host(config: Config, store: RunStore, run_id: str, host_name: str,
         states = _states(config, host_name, recs, observe_host)
         running = {r.name: not WorkerState(states[r.name]).terminal for r in recs}
         transport: Transport | None = None
-        first = next((r for r in recs
-                      if not (root / r.name / BOOKKEEPING / "index.json").exists()), None)
+        first = next((r for r in recs  # (a symlinked results dir is refused in planning)
+                      if not (root / r.name / BOOKKEEPING / "index.json").exists()
+                      and not (root / r.name).is_symlink()), None)
         if wanted in ("auto", "openssh") and openssh_here(host) and first is not None:
             # A first collect will fetch: connect for OpenSSH, and start the sftp of the
             # first worker's files, while the host lists and hashes.

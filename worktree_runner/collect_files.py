@@ -4,6 +4,7 @@ already collected and verified, and hashing of staged copies while the transfer 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -51,7 +52,8 @@ def secure_staging(staging: Path) -> None:
     and a transfer writing through it would land outside the destination."""
     top = staging.parents[2]
     if top.is_symlink():
-        raise OSError(f"{top} is a symlink; remove it and collect again")
+        raise OSError(errno.ELOOP, "a symlink where a results directory goes; remove it",
+                      str(top))
     top.mkdir(parents=True, exist_ok=True)
     here = top
     for part in staging.relative_to(top).parts:

@@ -373,3 +373,18 @@ def test_sftp_batch_quotes_and_sets_aside_overlong_lines() -> None:
     assert batch.decode().splitlines() == [
         'cd "/h/w"', 'lcd "/s"', '-reget -p -- "x\\"y" "x\\"y"', '-reget -p -- "-d" "-d"']
     assert too_long == ["z" * 2100]
+
+
+def test_ssh_collect_into_a_symlinked_results_dir_is_refused(
+        tmp_path: Path, sshd_server: SSHServer, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The OpenSSH transport starts its first sftp before planning: a worker results directory
+    that is a symlink is still refused, with nothing written, not a crash."""
+    cfg, run = _remote_run(tmp_path, sshd_server, monkeypatch)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "repo" / "results" / run).mkdir(parents=True)
+    (tmp_path / "repo" / "results" / run / "a").symlink_to(outside, target_is_directory=True)
+    report = collect(load_config(cfg), run=run, transport="openssh")
+    w = report.workers[0]
+    assert not report.ok and not w.marked and any("is a symlink" in e for e in w.errors)
+    assert list(outside.rglob("*")) == []

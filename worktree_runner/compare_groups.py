@@ -21,7 +21,7 @@ from typing import Any
 from .compare_read import REFERENCE_PREFIX, BranchResult, direction
 from .compare_stats import Lead, Summary, lead_of, summarize
 
-FAILED_STATES = frozenset({"failed", "killed", "lost", "stopped"})
+FAILED_STATES = ("failed", "killed", "lost", "stopped")  # in the order shown
 _SEED_SUFFIX = re.compile(r"[-_.]?(?:s|seed)[-_]?\d+$")
 
 
@@ -65,8 +65,7 @@ class Group:
         """'1 failed, 1 stopped, 2 missing' (empty when every member counts): each way a
         member did not succeed, by its own name."""
         states = [b.state for b in self.members]
-        parts = [f"{states.count(s)} {s}" for s in ("failed", "killed", "lost", "stopped")
-                 if s in states]
+        parts = [f"{states.count(s)} {s}" for s in FAILED_STATES if s in states]
         if self.missing:
             parts.append(f"{self.missing} missing")
         return ", ".join(parts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,9 +66,7 @@ def expand(config: Config, names: Sequence[str], sets: Mapping[str, Sequence[str
         matrix = {**config.matrix, **base.matrix, **{k: tuple(v) for k, v in sets.items()}}
         n_seeds = seeds if seeds is not None else (base.seeds or config.seeds)
         keys = list(matrix)
-        size = max(n_seeds or 1, 1)
-        for k in keys:
-            size *= max(len(matrix[k]), 1)
+        size = (n_seeds or 1) * math.prod(len(v) or 1 for v in matrix.values())
         if size > MAX_VARIANTS:
             raise WtRunError(f"branch '{name}' would expand to {size} workers (values × seeds)",
                              f"sweep fewer values at once (at most {MAX_VARIANTS} workers per "
@@ -96,17 +95,16 @@ def _check_sets(config: Config, base: BranchConfig, sets: Mapping[str, Sequence[
     itself: otherwise every variant runs the same command under different names, and compare
     would rank identical runs as if they differed."""
     used = template_fields(config.commands[base.command])
+    own = ", ".join(sorted(used - BUILTIN_FIELDS - {"seed"})) or "none"
     for key in sets:
         if key == "seed":
             raise WtRunError("--set seed: seeds come from --seeds N (0..N-1) or seeds:",
                              "pass --seeds N instead of --set seed=...")
         if key in BUILTIN_FIELDS:
             raise WtRunError(f"--set {key}: {{{key}}} is filled by wt-run itself",
-                             f"sweep one of the command's own fields instead "
-                             f"({', '.join(sorted(used - BUILTIN_FIELDS - {'seed'})) or 'none'})")
+                             f"sweep one of the command's own fields instead ({own})")
         if key not in used:
             raise WtRunError(
                 f"--set {key}: commands.{base.command} (branch '{base.name}') does not use "
                 f"{{{key}}}, so every variant would run the same command",
-                f"add {{{key}}} to the command, or sweep one of its fields "
-                f"({', '.join(sorted(used - BUILTIN_FIELDS - {'seed'})) or 'none'})")
+                f"add {{{key}}} to the command, or sweep one of its fields ({own})")

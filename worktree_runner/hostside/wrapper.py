@@ -331,8 +331,7 @@ def retried(how, value, ooms_before, record):
     """Back into the host's queue as the next attempt when the retry policy says so. The
     ended attempt's exit record goes straight to its shelf (attempts/<n>/), so no status
     ever sees this worker in a terminal state it is about to leave."""
-    root = HERE
-    drainer = os.path.join(root, "drainer.py")
+    drainer = os.path.join(HERE, "drainer.py")
     if os.path.exists(os.path.join(WORKER_DIR, "stop")) or not os.path.exists(drainer):
         return False
     reason = end_reason(how, value, ooms_before)
@@ -341,7 +340,7 @@ def retried(how, value, ooms_before, record):
     import subprocess
 
     print("wt-run: attempt ended (%s); retrying" % reason, flush=True)
-    out = subprocess.run([sys.executable, "-S", drainer, root, "--requeue", WORKER_DIR],
+    out = subprocess.run([sys.executable, "-S", drainer, HERE, "--requeue", WORKER_DIR],
                          stdout=subprocess.PIPE, check=False)
     shelf = None
     for line in out.stdout.decode("utf-8", "replace").splitlines():
@@ -351,7 +350,7 @@ def retried(how, value, ooms_before, record):
         return False
     with open(os.path.join(shelf, "exit"), "w") as fh:
         fh.write(record)
-    subprocess.Popen([sys.executable, "-S", drainer, root], stdin=subprocess.DEVNULL,
+    subprocess.Popen([sys.executable, "-S", drainer, HERE], stdin=subprocess.DEVNULL,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True, close_fds=True)
     return True
